@@ -1,0 +1,60 @@
+"""Micro-batches for pretraining: which samples a rank takes, and their diffusion masks.
+
+The global batch of step s is samples [s * G, (s + 1) * G). It is cut into chunks of
+micro_batch_size * dp; in each chunk, data-parallel rank d takes the d-th micro-batch (Megatron's
+sampler order). The same global batch is therefore seen on 1 or N ranks, and every per-sample
+random draw is keyed by (seed, step, position in the global batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron_mdm.config import ExperimentConfig
+from megatron_mdm.data.packed import PackedTokenDataset
+from megatron_mdm.diffusion.masking import crop_length, forward_mask
+
+
+@dataclass
+class MicroBatch:
+    inputs: torch.Tensor  # [b, L'] model input (x_t for MDM, x[:-1] for ARM)
+    targets: torch.Tensor  # [b, L'] x0 (MDM) or next tokens (ARM)
+    masked: torch.Tensor | None  # [b, L'] bool, MDM only
+    p_mask: torch.Tensor | None  # [b], MDM only
+
+    def to(self, device) -> MicroBatch:
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return MicroBatch(move(self.inputs), move(self.targets), move(self.masked), move(self.p_mask))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.inputs.numel()
+
+
+def micro_batch_positions(micro: int, dp_rank: int, micro_batch_size: int, dp_size: int):
+    first = micro * micro_batch_size * dp_size + dp_rank * micro_batch_size
+    return list(range(first, first + micro_batch_size))
+
+
+def build_micro_batch(
+    cfg: ExperimentConfig,
+    dataset: PackedTokenDataset,
+    mask_id: int,
+    step: int,
+    positions: list[int],
+) -> MicroBatch:
+    gbs, seq = cfg.train.global_batch_size, cfg.model.seq_length
+    samples = torch.stack(
+        [torch.from_numpy(dataset.sample(step * gbs + pos)) for pos in positions]
+    )
+    if cfg.model.objective == "arm":
+        return MicroBatch(samples[:, :seq], samples[:, 1 : seq + 1], None, None)
+    d = cfg.diffusion
+    length = crop_length(cfg.train.seed, step, positions[0], seq, d.var_len_prob)
+    x0 = samples[:, :length]
+    mb = forward_mask(x0, cfg.train.seed, step, positions, gbs, mask_id, d.eps, d.t_sampling)
+    return MicroBatch(mb.xt, mb.x0, mb.masked, mb.p_mask)

@@ -1,0 +1,40 @@
+"""Training losses (DESIGN.md §3): SMDM/LLaDA diffusion loss, MDLM form, ARM next-token loss.
+
+All take vocab-parallel logits [B, L, V/tp] and use megatron-core's vocab-parallel cross-entropy,
+so they are correct under tensor parallelism without gathering the vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token CE [B, L] in fp32 from (possibly vocab-sharded) logits."""
+    return vocab_parallel_cross_entropy(logits.float(), targets)
+
+
+def smdm_loss(logits, x0, masked, p_mask) -> torch.Tensor:
+    """sum_{b,i} m_bi * CE_bi / p_b  /  (B * L)."""
+    ce = token_cross_entropy(logits, x0)
+    weighted = ce * masked.to(ce.dtype) / p_mask[:, None].to(ce.dtype)
+    return weighted.sum() / x0.numel()
+
+
+def mdlm_loss(logits, x0, masked, p_mask, eps: float) -> torch.Tensor:
+    """MDLM: log-linear schedule, weight sigma'(t)/expm1(sigma(t)) per masked token, mean over tokens.
+
+    With sigma(t) = -log(1 - (1 - eps) t) the masking probability is (1 - eps) t, and the weight
+    simplifies to (1 - eps) / ((1 - eps) t) = 1 / t where t recovers from p = (1 - eps) t + eps.
+    SUBS: the `[MASK]` logit is already -inf (model output), unmasked positions carry no loss.
+    """
+    t = ((p_mask - eps) / (1.0 - eps)).clamp_min(1e-6)
+    ce = token_cross_entropy(logits, x0)
+    weighted = ce * masked.to(ce.dtype) / t[:, None].to(ce.dtype)
+    return weighted.sum() / x0.numel()
+
+
+def arm_loss(logits, targets) -> torch.Tensor:
+    """Next-token CE, mean over tokens; `targets` are the inputs shifted left by one."""
+    return token_cross_entropy(logits, targets).mean()

@@ -1,0 +1,80 @@
+"""Experiment config -> megatron-core TransformerConfig -> MaskedDiffusionLM on this rank's stage."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_mdm.config import ExperimentConfig
+from megatron_mdm.model.init import initialize_parameters
+from megatron_mdm.model.mdm_model import MaskedDiffusionLM
+from megatron_mdm.model.spec import layer_spec
+from megatron_mdm.model.vocab import VocabLayout
+
+PARAMS_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
+
+
+def transformer_config(cfg: ExperimentConfig, on_gpu: bool) -> TransformerConfig:
+    m, par = cfg.model, cfg.parallel
+    dtype = PARAMS_DTYPE[cfg.train.precision]
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.kv_groups,
+        ffn_hidden_size=m.ffn_size,
+        kv_channels=m.hidden_size // m.num_attention_heads,
+        add_bias_linear=False,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_epsilon,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_std,
+        tensor_model_parallel_size=par.tensor,
+        pipeline_model_parallel_size=par.pipeline,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=cfg.train.precision != "fp32",
+        # Without CUDA: no fused kernels, CPU init, and unbatched p2p (batched p2p syncs CUDA).
+        use_cpu_initialization=True,
+        perform_initialization=False,
+        masked_softmax_fusion=on_gpu,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        batch_p2p_comm=on_gpu,
+        variable_seq_lengths=par.pipeline > 1 and cfg.diffusion.var_len_prob > 0,
+    )
+
+
+def build_model(cfg: ExperimentConfig, vocab: VocabLayout, on_gpu: bool) -> MaskedDiffusionLM:
+    tconfig = transformer_config(cfg, on_gpu)
+    model = MaskedDiffusionLM(
+        config=tconfig,
+        transformer_layer_spec=layer_spec(cfg.model.transformer_impl, cfg.model.objective),
+        vocab=vocab,
+        objective=cfg.model.objective,
+        max_sequence_length=cfg.model.seq_length,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=False,
+        position_embedding_type="rope",
+        rotary_base=cfg.model.rotary_base,
+        parallel_output=True,
+    )
+    layers_per_stage = cfg.model.num_layers // cfg.parallel.pipeline
+    initialize_parameters(
+        model,
+        seed=cfg.train.seed,
+        std=cfg.model.init_std,
+        num_layers=cfg.model.num_layers,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        tp_size=parallel_state.get_tensor_model_parallel_world_size(),
+        layer_offset=parallel_state.get_pipeline_model_parallel_rank() * layers_per_stage,
+    )
+    return model

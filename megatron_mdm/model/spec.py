@@ -1,0 +1,37 @@
+"""Layer specs: which megatron-core modules make up a transformer layer.
+
+Both implementations (local torch, Transformer Engine) use megatron-core's stock GPT specs; we only
+choose the attention mask type: `no_mask` for the bidirectional MDM, `causal` for the ARM baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from megatron.core.transformer.enums import AttnMaskType
+
+
+class TransformerEngineMissing(RuntimeError):
+    pass
+
+
+def attention_mask_type(objective: str) -> AttnMaskType:
+    return AttnMaskType.causal if objective == "arm" else AttnMaskType.no_mask
+
+
+def layer_spec(transformer_impl: str, objective: str):
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if transformer_impl == "transformer_engine":
+        if not gpt_layer_specs.HAVE_TE:
+            raise TransformerEngineMissing(
+                "model.transformer_impl=transformer_engine needs transformer-engine, which is not "
+                "installed; install it (pip install transformer-engine[pytorch]) or use "
+                "model.transformer_impl=local"
+            )
+        spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    else:
+        spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = copy.deepcopy(spec)
+    spec.submodules.self_attention.params["attn_mask_type"] = attention_mask_type(objective)
+    return spec

@@ -1,0 +1,104 @@
+"""Process-group and megatron-core parallel-state set-up for any launcher, on GPU or CPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from megatron_mdm.config import ExperimentConfig, check_world_size
+from megatron_mdm.parallel.launch_env import detect_launch_env, export_torch_env
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    tp_rank: int
+    tp_size: int
+    pp_rank: int
+    pp_size: int
+    dp_rank: int
+    dp_size: int
+    device: torch.device
+    launcher: str
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def is_logging_rank(self) -> bool:
+        """Global rank 0 logs and writes run-level files (metrics, meta)."""
+        return self.rank == 0
+
+
+def prepare_accelerator() -> torch.device:
+    """Pick the device and make DeepSpeed / megatron-core usable on it. Call before importing
+    deepspeed: DeepSpeed fixes its accelerator at import time."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from megatron_mdm.parallel.cpu_compat import apply_cpu_compat
+
+    apply_cpu_compat()
+    return torch.device("cpu")
+
+
+def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
+    launch = detect_launch_env()
+    export_torch_env(launch)
+    device = prepare_accelerator()
+    if device.type == "cuda":
+        torch.cuda.set_device(launch.local_rank)
+        device = torch.device("cuda", launch.local_rank)
+    import deepspeed
+
+    deepspeed.init_distributed(
+        dist_backend="nccl" if device.type == "cuda" else "gloo",
+        auto_mpi_discovery=False,
+        verbose=False,
+    )
+    dp_size = check_world_size(cfg, launch.world_size)
+    from megatron.core import parallel_state as ps
+
+    from megatron_mdm.parallel.cpu_compat import seed_model_parallel_rng
+
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=cfg.parallel.tensor,
+            pipeline_model_parallel_size=cfg.parallel.pipeline,
+        )
+    seed_model_parallel_rng(cfg.train.seed)
+    return ParallelContext(
+        rank=launch.rank,
+        world_size=launch.world_size,
+        local_rank=launch.local_rank,
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        tp_size=cfg.parallel.tensor,
+        pp_rank=ps.get_pipeline_model_parallel_rank(),
+        pp_size=cfg.parallel.pipeline,
+        dp_rank=ps.get_data_parallel_rank(),
+        dp_size=dp_size,
+        device=device,
+        launcher=launch.launcher,
+    )
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

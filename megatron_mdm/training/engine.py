@@ -1,0 +1,92 @@
+"""DeepSpeed engine for a megatron-core model: ZeRO config, AdamW, LR schedule, clipping.
+
+The optimizer is a client torch AdamW (DeepSpeed's fused/CPU Adam need a JIT compile we don't
+want on every fresh machine); ZeRO partitions it all the same. Offload needs DeepSpeed's
+CPU Adam, so `parallel.offload_optimizer` switches to DeepSpeed's own optimizer type.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_mdm.config import ExperimentConfig
+from megatron_mdm.parallel.distributed import ParallelContext
+from megatron_mdm.parallel.mpu import MegatronMPU
+from megatron_mdm.training.schedule import lr_multiplier
+
+
+def deepspeed_clips(cfg: ExperimentConfig) -> bool:
+    """At ZeRO-0 we clip ourselves (see `mpu.GradNormMPU`); ZeRO-1+ clips inside DeepSpeed."""
+    return cfg.parallel.zero_stage > 0
+
+
+def deepspeed_config(cfg: ExperimentConfig, ctx: ParallelContext) -> dict:
+    t, par = cfg.train, cfg.parallel
+    # With PP the megatron schedule runs all micro-batches of a step; DeepSpeed sees one.
+    gas = 1 if par.pipeline > 1 else cfg.gradient_accumulation_steps(ctx.dp_size)
+    micro = t.micro_batch_size if par.pipeline == 1 else t.global_batch_size // ctx.dp_size
+    ds = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": gas,
+        "train_batch_size": micro * gas * ctx.dp_size,
+        "gradient_clipping": t.grad_clip if deepspeed_clips(cfg) else 0.0,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+        "zero_optimization": {"stage": par.zero_stage},
+        "bf16": {"enabled": t.precision in ("bf16", "fp8")},
+    }
+    if par.zero_stage > 0:
+        ds["zero_optimization"].update(
+            {"contiguous_gradients": par.pipeline == 1, "overlap_comm": False}
+        )
+    if par.offload_optimizer:
+        ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": ctx.on_gpu}
+        ds["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr,
+                "betas": [t.adam_beta1, t.adam_beta2],
+                "eps": t.adam_eps,
+                "weight_decay": t.weight_decay,
+            },
+        }
+    return ds
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms (1-D parameters), as in Megatron and the reference recipes."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.dim() == 1 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_engine(cfg: ExperimentConfig, model: torch.nn.Module, ctx: ParallelContext):
+    import deepspeed
+
+    t = cfg.train
+    ds_config = deepspeed_config(cfg, ctx)
+    groups = parameter_groups(model, t.weight_decay)
+    optimizer = None
+    if not cfg.parallel.offload_optimizer:
+        optimizer = torch.optim.AdamW(
+            groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps
+        )
+
+    def scheduler(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(t))
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=groups,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=ds_config,
+        mpu=MegatronMPU(),
+    )
+    return engine

@@ -1,0 +1,155 @@
+"""`mdm train`: set up the parallel run, then step, log and checkpoint until max_steps."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from megatron_mdm.config import ExperimentConfig
+from megatron_mdm.data.batches import build_micro_batch, micro_batch_positions
+from megatron_mdm.data.packed import (
+    PackedTokenDataset,
+    build_tokenizer,
+    load_documents,
+    pack_documents,
+)
+from megatron_mdm.model.vocab import VocabLayout
+from megatron_mdm.parallel.distributed import ParallelContext, init_distributed, shutdown
+from megatron_mdm.training import checkpoint as ckpt
+from megatron_mdm.training.flops import flops_per_token, peak_tflops_per_device, total_params
+from megatron_mdm.training.metrics import MetricsWriter
+from megatron_mdm.training.schedule import lr_at
+
+
+def _vocab(cfg: ExperimentConfig, tokenizer, tp: int) -> VocabLayout:
+    size = cfg.model.vocab_size or tokenizer.vocab_size
+    return VocabLayout.build(size, cfg.model.mask_token_id, cfg.model.make_vocab_size_divisible_by, tp)
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, ctx: ParallelContext):
+        from megatron_mdm.model.builder import build_model
+        from megatron_mdm.training.engine import build_engine
+
+        self.cfg, self.ctx = cfg, ctx
+        self.tokenizer = build_tokenizer(cfg.data)
+        self.vocab = _vocab(cfg, self.tokenizer, ctx.tp_size)
+        docs = load_documents(cfg.data)
+        tokens = pack_documents(docs, self.tokenizer)
+        self.dataset = PackedTokenDataset(tokens, cfg.model.seq_length, cfg.train.seed)
+        model = build_model(cfg, self.vocab, ctx.on_gpu).to(ctx.device)
+        self.engine = build_engine(cfg, model, ctx)
+        self.gas = cfg.gradient_accumulation_steps(ctx.dp_size)
+        self.step = 0
+        resume_from = ckpt.find_resume_checkpoint(cfg)
+        if resume_from is not None:
+            state = ckpt.load_checkpoint(self.engine, resume_from, ctx)
+            self.step = state.step
+            self._say(f"resumed from {resume_from} at step {self.step}")
+        self.metrics = None
+        if ctx.is_logging_rank:
+            self.metrics = MetricsWriter(cfg.train.output_dir, cfg.logging.tensorboard, self.step)
+
+    def _say(self, message: str) -> None:
+        if self.ctx.is_logging_rank:
+            tqdm.write(message)
+
+    def micro_batches(self, step: int):
+        t = self.cfg.train
+        return [
+            build_micro_batch(
+                self.cfg,
+                self.dataset,
+                self.vocab.mask_id,
+                step,
+                micro_batch_positions(m, self.ctx.dp_rank, t.micro_batch_size, self.ctx.dp_size),
+            )
+            for m in range(self.gas)
+        ]
+
+    def save(self) -> None:
+        t = self.cfg.train
+        meta = {
+            "consumed_samples": self.step * t.global_batch_size,
+            "tokenizer": {"type": self.tokenizer.name, "vocab_size": self.tokenizer.vocab_size},
+            "vocab": {
+                "tokenizer_size": self.vocab.tokenizer_size,
+                "mask_id": self.vocab.mask_id,
+                "padded_size": self.vocab.padded_size,
+            },
+            "parallel": {"tensor": self.ctx.tp_size, "pipeline": self.ctx.pp_size},
+        }
+        path = ckpt.save_checkpoint(self.engine, self.cfg, self.ctx, self.step, meta)
+        self._say(f"saved checkpoint {path}")
+
+    def train(self) -> None:
+        from megatron_mdm.training.step import train_step
+
+        cfg, ctx = self.cfg, self.ctx
+        t, log = cfg.train, cfg.logging
+        m = cfg.model
+        self._say(
+            f"model: {total_params(m, self.vocab.padded_size) / 1e6:.2f}M parameters, "
+            f"objective={m.objective}, TP={ctx.tp_size} PP={ctx.pp_size} DP={ctx.dp_size} "
+            f"ZeRO-{cfg.parallel.zero_stage}, device={ctx.device.type}"
+        )
+        peak = peak_tflops_per_device(log.peak_tflops) * 1e12 * ctx.world_size
+        bar = tqdm(
+            total=t.max_steps,
+            initial=self.step,
+            disable=not (log.progress and ctx.is_logging_rank),
+            desc="train",
+            dynamic_ncols=True,
+        )
+        window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
+        while self.step < t.max_steps:
+            batches = self.micro_batches(self.step)
+            out = train_step(cfg, ctx, self.engine, batches)
+            lr = lr_at(self.step, t)
+            self.step += 1
+            tokens = sum(b.num_tokens for b in batches) * ctx.dp_size
+            window_tokens += tokens
+            window_flops += sum(
+                flops_per_token(m, self.vocab.padded_size, b.inputs.shape[1]) * b.num_tokens
+                for b in batches
+            ) * ctx.dp_size
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{lr:.2e}")
+            if self.step % log.interval == 0 or self.step == t.max_steps:
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                record = {
+                    "step": self.step,
+                    "loss": out["loss"],
+                    "lr": lr,
+                    "grad_norm": out["grad_norm"],
+                    "consumed_samples": self.step * t.global_batch_size,
+                    "tokens_per_s": window_tokens / elapsed,
+                    "mfu": window_flops / elapsed / peak,
+                }
+                if self.metrics is not None:
+                    self.metrics.write(record)
+                self._say(
+                    f"step {self.step:>6} | loss {out['loss']:.4f} | lr {lr:.3e} | "
+                    f"grad_norm {out['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
+                    f"MFU {100 * record['mfu']:.2f}%"
+                )
+                window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
+            interval = cfg.checkpoint.save_interval
+            if interval > 0 and self.step % interval == 0 and self.step < t.max_steps:
+                self.save()
+        bar.close()
+        if cfg.checkpoint.save_at_end:
+            self.save()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def run_training(cfg: ExperimentConfig) -> None:
+    torch.manual_seed(cfg.train.seed)
+    ctx = init_distributed(cfg)
+    try:
+        Trainer(cfg, ctx).train()
+    finally:
+        shutdown()

@@ -1,0 +1,109 @@
+"""One optimizer step: forward/backward over the step's micro-batches, DP reduction, update.
+
+PP = 1: DeepSpeed's own loop (engine forward, `engine.backward`, `engine.step` per micro-batch),
+which supports every ZeRO stage. PP > 1: megatron-core's 1F1B pipeline schedule runs all
+micro-batches; DeepSpeed then only reduces gradients over data parallel and applies the update
+(ZeRO 0/1; DeepSpeed cannot combine ZeRO-2/3 with pipeline parallelism).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import torch
+from megatron.core import parallel_state as ps
+
+from megatron_mdm.config import ExperimentConfig
+from megatron_mdm.data.batches import MicroBatch
+from megatron_mdm.diffusion.loss import arm_loss, mdlm_loss, smdm_loss
+from megatron_mdm.parallel.distributed import ParallelContext
+from megatron_mdm.parallel.mpu import GradNormMPU
+from megatron_mdm.training.engine import deepspeed_clips
+
+
+def objective_loss(cfg: ExperimentConfig, logits: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+    if cfg.model.objective == "arm":
+        return arm_loss(logits, mb.targets)
+    if cfg.diffusion.loss == "mdlm":
+        return mdlm_loss(logits, mb.targets, mb.masked, mb.p_mask, cfg.diffusion.eps)
+    return smdm_loss(logits, mb.targets, mb.masked, mb.p_mask)
+
+
+def _clip_and_norm(cfg: ExperimentConfig, engine) -> float:
+    if deepspeed_clips(cfg):
+        norm = engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+    norm = clip_grad_norm_(engine.module.parameters(), max_norm, mpu=GradNormMPU())
+    return float(norm)
+
+
+def _mean_over_data_parallel(value: torch.Tensor) -> float:
+    group = ps.get_data_parallel_group()
+    torch.distributed.all_reduce(value, group=group)
+    return value.item() / torch.distributed.get_world_size(group=group)
+
+
+def train_step_no_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dict:
+    losses = []
+    grad_norm = float("nan")
+    for i, mb in enumerate(micro_batches):
+        mb = mb.to(ctx.device)
+        logits = engine(mb.inputs)
+        loss = objective_loss(cfg, logits, mb)
+        engine.backward(loss)
+        if i == len(micro_batches) - 1 and not deepspeed_clips(cfg):
+            grad_norm = _clip_and_norm(cfg, engine)
+        engine.step()
+        losses.append(loss.detach().float())
+    if deepspeed_clips(cfg):
+        grad_norm = _clip_and_norm(cfg, engine)
+    loss = _mean_over_data_parallel(torch.stack(losses).mean())
+    return {"loss": loss, "grad_norm": grad_norm}
+
+
+def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dict:
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    def forward_step(data_iterator, model) -> tuple[torch.Tensor, Callable]:
+        mb = next(data_iterator).to(ctx.device)
+        output = model(mb.inputs)
+
+        def loss_func(logits):
+            loss = objective_loss(cfg, logits, mb)
+            return loss, {"loss": loss.detach().float()}
+
+        return output, loss_func
+
+    seq = max(mb.inputs.shape[1] for mb in micro_batches)
+    outputs = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(micro_batches),
+        model=[engine.module],
+        num_microbatches=len(micro_batches),
+        seq_length=seq,
+        micro_batch_size=cfg.train.micro_batch_size,
+        forward_only=False,
+    )
+    if cfg.parallel.zero_stage == 0:
+        engine.allreduce_gradients()
+    else:
+        engine.optimizer.reduce_gradients(pipeline_parallel=True)
+    grad_norm = float("nan")
+    if not deepspeed_clips(cfg):
+        grad_norm = _clip_and_norm(cfg, engine)
+    engine.step()
+    if deepspeed_clips(cfg):
+        grad_norm = _clip_and_norm(cfg, engine)
+    local = torch.zeros((), dtype=torch.float32, device=ctx.device)
+    if ctx.is_last_stage:
+        local = torch.stack([o["loss"] for o in outputs]).mean()
+    torch.distributed.all_reduce(local, group=ps.get_pipeline_model_parallel_group())
+    return {"loss": _mean_over_data_parallel(local), "grad_norm": grad_norm}
+
+
+def train_step(cfg, ctx, engine, micro_batches) -> dict:
+    if cfg.parallel.pipeline > 1:
+        return train_step_pipeline(cfg, ctx, engine, micro_batches)
+    return train_step_no_pipeline(cfg, ctx, engine, micro_batches)

@@ -1,0 +1,26 @@
+"""Package definition. Runtime requirements are ranges so that CUDA builds of torch satisfy them;
+the dev install (Makefile) pins the CPU wheel torch==2.13.0."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-mdm",
+    version="0.1.0",
+    description="Pretraining masked diffusion language models on Megatron-Core and DeepSpeed",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_mdm", "megatron_mdm.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "megatron-core>=0.16.1",
+        "deepspeed>=0.17",
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "tensorboard>=2.14",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["mdm=megatron_mdm.cli:main"]},
+)
