@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from megatron_mdm.config import ConfigError, load_config
 
@@ -19,6 +20,8 @@ def _train(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdm", description="Masked diffusion LM pretraining")
+    # The `deepspeed` launcher passes --local_rank=N; the same value is in LOCAL_RANK.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="pretrain a model from a YAML config")
     train.add_argument("config", help="experiment YAML (see configs/)")
@@ -27,7 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# megatron-core announces at import time that optional accelerators are absent; on CPU (and with
+# the local spec) that is the expected set-up, not news.
+QUIET_IMPORT_WARNINGS = r".*(Apex is not installed|Transformer Engine and Apex are not installed).*"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=QUIET_IMPORT_WARNINGS)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -28,7 +28,9 @@ class MicroBatch:
         def move(t):
             return None if t is None else t.to(device, non_blocking=True)
 
-        return MicroBatch(move(self.inputs), move(self.targets), move(self.masked), move(self.p_mask))
+        return MicroBatch(
+            move(self.inputs), move(self.targets), move(self.masked), move(self.p_mask)
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -48,9 +50,7 @@ def build_micro_batch(
     positions: list[int],
 ) -> MicroBatch:
     gbs, seq = cfg.train.global_batch_size, cfg.model.seq_length
-    samples = torch.stack(
-        [torch.from_numpy(dataset.sample(step * gbs + pos)) for pos in positions]
-    )
+    samples = torch.stack([torch.from_numpy(dataset.sample(step * gbs + pos)) for pos in positions])
     if cfg.model.objective == "arm":
         return MicroBatch(samples[:, :seq], samples[:, 1 : seq + 1], None, None)
     d = cfg.diffusion

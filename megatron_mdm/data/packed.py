@@ -52,7 +52,9 @@ def load_documents(data: DataConfig) -> list[str]:
     except FileNotFoundError:
         raise ConfigError("no such file", key="data.text_file") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{data.text_file}: not UTF-8 ({exc.reason})", key="data.text_file") from None
+        raise ConfigError(
+            f"{data.text_file}: not UTF-8 ({exc.reason})", key="data.text_file"
+        ) from None
     if not docs:
         raise ConfigError(f"{data.text_file} has no text", key="data.text_file")
     return docs

@@ -11,7 +11,11 @@ from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token CE [B, L] in fp32 from (possibly vocab-sharded) logits."""
+    """Per-token CE [B, L] in fp32 from (possibly vocab-sharded) logits.
+
+    Consumes `logits`: megatron's kernel exponentiates fp32 input in place to save a [B, L, V]
+    buffer, so callers must not read the logits afterwards.
+    """
     return vocab_parallel_cross_entropy(logits.float(), targets)
 
 

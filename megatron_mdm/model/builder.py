@@ -19,7 +19,7 @@ PARAMS_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bflo
 def transformer_config(cfg: ExperimentConfig, on_gpu: bool) -> TransformerConfig:
     m, par = cfg.model, cfg.parallel
     dtype = PARAMS_DTYPE[cfg.train.precision]
-    return TransformerConfig(
+    tconfig = TransformerConfig(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
         num_attention_heads=m.num_attention_heads,
@@ -48,8 +48,12 @@ def transformer_config(cfg: ExperimentConfig, on_gpu: bool) -> TransformerConfig
         gradient_accumulation_fusion=False,
         apply_rope_fusion=False,
         batch_p2p_comm=on_gpu,
-        variable_seq_lengths=par.pipeline > 1 and cfg.diffusion.var_len_prob > 0,
     )
+    # Cropped micro-batches (diffusion.var_len_prob) change the sequence length, so pipeline
+    # stages must exchange shapes. Set after __post_init__, whose check of this flag concerns only
+    # the MoE token dispatcher (this model has no experts).
+    tconfig.variable_seq_lengths = par.pipeline > 1 and cfg.diffusion.var_len_prob > 0
+    return tconfig
 
 
 def build_model(cfg: ExperimentConfig, vocab: VocabLayout, on_gpu: bool) -> MaskedDiffusionLM:

@@ -31,6 +31,11 @@ def partition_kind(name: str) -> str:
     return "replicated"
 
 
+def partition_dim(name: str) -> int | None:
+    """The dimension TP splits, or None for replicated parameters."""
+    return {"column": 0, "gated": 0, "row": 1}.get(partition_kind(name))
+
+
 def shard(name: str, full: torch.Tensor, rank: int, size: int) -> torch.Tensor:
     kind = partition_kind(name)
     if size == 1 or kind == "replicated":

@@ -7,15 +7,30 @@ choose the attention mask type: `no_mask` for the bidirectional MDM, `causal` fo
 from __future__ import annotations
 
 import copy
+import importlib.util
 
-from megatron.core.transformer.enums import AttnMaskType
+from megatron_mdm.config import ConfigError, ExperimentConfig
+
+TE_MISSING = (
+    "transformer_engine needs the transformer-engine package, which is not installed; install it "
+    "(pip install transformer-engine[pytorch]) or use model.transformer_impl=local"
+)
 
 
-class TransformerEngineMissing(RuntimeError):
+class TransformerEngineMissing(ConfigError):
     pass
 
 
-def attention_mask_type(objective: str) -> AttnMaskType:
+def check_transformer_impl(cfg: ExperimentConfig) -> None:
+    """Fail at start-up, before any process group exists, when the TE spec cannot be built."""
+    wants_te = cfg.model.transformer_impl == "transformer_engine"
+    if wants_te and importlib.util.find_spec("transformer_engine") is None:
+        raise TransformerEngineMissing(TE_MISSING, source=cfg.source, key="model.transformer_impl")
+
+
+def attention_mask_type(objective: str):
+    from megatron.core.transformer.enums import AttnMaskType
+
     return AttnMaskType.causal if objective == "arm" else AttnMaskType.no_mask
 
 
@@ -24,11 +39,7 @@ def layer_spec(transformer_impl: str, objective: str):
 
     if transformer_impl == "transformer_engine":
         if not gpt_layer_specs.HAVE_TE:
-            raise TransformerEngineMissing(
-                "model.transformer_impl=transformer_engine needs transformer-engine, which is not "
-                "installed; install it (pip install transformer-engine[pytorch]) or use "
-                "model.transformer_impl=local"
-            )
+            raise TransformerEngineMissing(TE_MISSING, key="model.transformer_impl")
         spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 from dataclasses import dataclass
 
@@ -101,4 +103,16 @@ def shutdown() -> None:
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        _remove_shm_buffers()
         torch.distributed.destroy_process_group()
+
+
+def _remove_shm_buffers() -> None:
+    """DeepSpeed's CPU shared-memory allreduce leaves /dev/shm files named after the rendezvous
+    address and port; once every rank is past the barrier, each removes its own."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    rank = torch.distributed.get_rank()
+    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{addr}_{port}_{rank}"):
+        with contextlib.suppress(OSError):
+            os.remove(path)

@@ -21,9 +21,7 @@ class MegatronMPU:
     get_tensor_model_parallel_src_rank = staticmethod(ps.get_tensor_model_parallel_src_rank)
     get_pipeline_model_parallel_group = staticmethod(ps.get_pipeline_model_parallel_group)
     get_pipeline_model_parallel_rank = staticmethod(ps.get_pipeline_model_parallel_rank)
-    get_pipeline_model_parallel_world_size = staticmethod(
-        ps.get_pipeline_model_parallel_world_size
-    )
+    get_pipeline_model_parallel_world_size = staticmethod(ps.get_pipeline_model_parallel_world_size)
     get_model_parallel_group = staticmethod(ps.get_model_parallel_group)
 
     @staticmethod

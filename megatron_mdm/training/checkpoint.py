@@ -100,7 +100,9 @@ def resolve_checkpoint(path: str | Path) -> Path | None:
             candidate = root / latest.read_text().strip()
             if (candidate / META).exists():
                 return candidate
-            raise ConfigError(f"{latest} names {candidate.name}, which is not a complete checkpoint")
+            raise ConfigError(
+                f"{latest} names {candidate.name}, which is not a complete checkpoint"
+            )
     return None
 
 

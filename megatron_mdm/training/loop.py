@@ -25,7 +25,9 @@ from megatron_mdm.training.schedule import lr_at
 
 def _vocab(cfg: ExperimentConfig, tokenizer, tp: int) -> VocabLayout:
     size = cfg.model.vocab_size or tokenizer.vocab_size
-    return VocabLayout.build(size, cfg.model.mask_token_id, cfg.model.make_vocab_size_divisible_by, tp)
+    return VocabLayout.build(
+        size, cfg.model.mask_token_id, cfg.model.make_vocab_size_divisible_by, tp
+    )
 
 
 class Trainer:
@@ -111,10 +113,13 @@ class Trainer:
             self.step += 1
             tokens = sum(b.num_tokens for b in batches) * ctx.dp_size
             window_tokens += tokens
-            window_flops += sum(
-                flops_per_token(m, self.vocab.padded_size, b.inputs.shape[1]) * b.num_tokens
-                for b in batches
-            ) * ctx.dp_size
+            window_flops += (
+                sum(
+                    flops_per_token(m, self.vocab.padded_size, b.inputs.shape[1]) * b.num_tokens
+                    for b in batches
+                )
+                * ctx.dp_size
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{lr:.2e}")
             if self.step % log.interval == 0 or self.step == t.max_steps:
@@ -147,6 +152,9 @@ class Trainer:
 
 
 def run_training(cfg: ExperimentConfig) -> None:
+    from megatron_mdm.model.spec import check_transformer_impl
+
+    check_transformer_impl(cfg)
     torch.manual_seed(cfg.train.seed)
     ctx = init_distributed(cfg)
     try:

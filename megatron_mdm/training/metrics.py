@@ -34,7 +34,10 @@ class MetricsWriter:
         tmp.replace(self.path)
 
     def write(self, record: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
         if self._tb is not None:

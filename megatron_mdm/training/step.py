@@ -9,6 +9,7 @@ micro-batches; DeepSpeed then only reduces gradients over data parallel and appl
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import torch
 from megatron.core import parallel_state as ps
 
@@ -72,7 +73,7 @@ def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dic
 
         def loss_func(logits):
             loss = objective_loss(cfg, logits, mb)
-            return loss, {"loss": loss.detach().float()}
+            return loss, {"loss": loss.detach().clone().float()}
 
         return output, loss_func
 

@@ -1,0 +1,36 @@
+# `make quickstart` and `make test` each set up .venv on a fresh machine, then run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The dev/test install pins torch's CPU wheel (a bare `torch` would pull a multi-GB CUDA build);
+# setup.py itself keeps a range that admits CUDA builds. DS_BUILD_OPS=0: pure-Python DeepSpeed.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: quickstart test lint format clean
+
+$(STAMP): setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/mdm train configs/quickstart.yaml checkpoint.resume=none
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,89 @@
+"""Shared test helpers: an in-process single-rank megatron-core world, and runs of `mdm train`
+as real subprocesses (one process, or several through torchrun on gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    env.pop("LOCAL_RANK", None)
+    env["MASTER_ADDR"] = "127.0.0.1"
+    env["MASTER_PORT"] = str(free_port())
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def run_mdm(args: list[str], nproc: int = 1, timeout: int = 600, check: bool = True):
+    """Run `mdm ARGS` on `nproc` processes (torchrun when > 1); returns the CompletedProcess."""
+    env = subprocess_env()
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "megatron_mdm.cli", *args]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            env["MASTER_PORT"],
+            "-m",
+            "megatron_mdm.cli",
+            *args,
+        ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    with open(Path(output_dir) / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def single_rank_world():
+    """torch.distributed (gloo, world 1) + megatron-core parallel state TP=PP=1, in-process."""
+    import torch.distributed as dist
+
+    from megatron_mdm.parallel.distributed import prepare_accelerator
+
+    prepare_accelerator()
+    from megatron.core import parallel_state as ps
+
+    from megatron_mdm.parallel.cpu_compat import seed_model_parallel_rng
+
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+        )
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(1, 1)
+    seed_model_parallel_rng(1234)
+    yield

@@ -1,0 +1,83 @@
+"""Checkpoints: exact resume, atomic layout, keep-last-N, and the logged curve after resume."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import QUICKSTART, read_metrics, run_mdm
+
+pytestmark = pytest.mark.slow
+
+COMMON = [
+    "model.seq_length=64",
+    "train.micro_batch_size=4",
+    "train.global_batch_size=8",
+    "train.warmup_steps=1",
+    "train.lr_decay_steps=6",
+    "diffusion.var_len_prob=0.3",
+    "logging.interval=1",
+    "logging.progress=false",
+]
+
+
+def test_resume_continues_the_loss_curve_bit_identically(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_mdm(["train", QUICKSTART, *COMMON, "train.max_steps=6", f"train.output_dir={straight}"])
+    run_mdm(
+        [
+            "train",
+            QUICKSTART,
+            *COMMON,
+            "train.max_steps=3",
+            "checkpoint.save_interval=1",
+            "checkpoint.keep_last=2",
+            f"train.output_dir={split}",
+        ]
+    )
+    ckpts = split / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_0000002", "step_0000003"]
+    assert (ckpts / "latest").read_text() == "step_0000003"
+    meta = yaml.safe_load((ckpts / "step_0000003" / "meta.yaml").read_text())
+    assert meta["step"] == 3 and meta["consumed_samples"] == 24
+    assert meta["config"]["model"]["seq_length"] == 64
+
+    resumed = run_mdm(
+        ["train", QUICKSTART, *COMMON, "train.max_steps=6", f"train.output_dir={split}"]
+    )
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a, b = read_metrics(straight), read_metrics(split)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(a, b):
+        assert x["loss"] == y["loss"], x["step"]  # bit-identical, not approximately equal
+        assert x["lr"] == y["lr"]
+    assert a[-1]["loss"] < a[0]["loss"]
+    assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_explicit_resume_path_and_none(tmp_path):
+    first = tmp_path / "first"
+    run_mdm(["train", QUICKSTART, *COMMON, "train.max_steps=2", f"train.output_dir={first}"])
+    second = tmp_path / "second"
+    out = run_mdm(
+        [
+            "train",
+            QUICKSTART,
+            *COMMON,
+            "train.max_steps=3",
+            f"checkpoint.resume={first / 'checkpoints' / 'step_0000002'}",
+            f"train.output_dir={second}",
+        ]
+    )
+    assert "at step 2" in out.stdout + out.stderr
+    assert [r["step"] for r in read_metrics(second)] == [3]
+    fresh = run_mdm(
+        [
+            "train",
+            QUICKSTART,
+            *COMMON,
+            "train.max_steps=1",
+            "checkpoint.resume=none",
+            f"train.output_dir={first}",
+        ]
+    )
+    assert "resumed" not in fresh.stdout + fresh.stderr
