@@ -8,7 +8,9 @@ megatron-core assumes a GPU in a handful of places that our code path reaches:
 2. the CUDA RNG tracker (``tensor_parallel.random``), forked around attention dropout even at
    dropout 0;
 3. ``transformer.utils.get_default_causal_mask`` building the causal mask with ``device="cuda"``;
-4. ``torch.zeros(..., device="cuda")`` token counters in ``pipeline_parallel.schedules``.
+4. ``torch.zeros(..., device="cuda")`` token counters in ``pipeline_parallel.schedules``;
+5. ``torch.cuda.synchronize()`` after p2p exchanges (unconditional when pipeline stages exchange
+   shapes for variable sequence lengths); with no device there is nothing to wait for.
 
 On a machine without CUDA each of these would raise, so redirecting them to the CPU changes no
 behaviour that could otherwise run. Nothing here is applied when CUDA is available: on GPUs the
@@ -39,6 +41,7 @@ def apply_cpu_compat() -> bool:
     if _APPLIED:
         return True
     torch.cuda.current_device = lambda: "cpu"  # (1)
+    torch.cuda.synchronize = lambda device=None: None  # (5)
     _patch_causal_mask()  # (3)
     _patch_schedules()  # (4)
     _APPLIED = True
