@@ -18,6 +18,11 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.14",
         "safetensors>=0.4",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.19",
+        "transformers>=4.40",
+        "datasets>=2.19",
+        "pyarrow>=14",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"],

@@ -8,6 +8,12 @@ import sys
 import warnings
 
 from megatron_mdm.config import ConfigError, load_config
+from megatron_mdm.data.preprocess import (
+    add_preprocess_arguments,
+    add_tokenizer_train_arguments,
+    run_preprocess_args,
+    run_tokenizer_train_args,
+)
 
 
 def _train(args) -> int:
@@ -27,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="experiment YAML (see configs/)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides")
     train.set_defaults(func=_train)
+    pre = sub.add_parser("preprocess", help="tokenize text into a megatron-core indexed dataset")
+    add_preprocess_arguments(pre)
+    pre.set_defaults(func=run_preprocess_args)
+    tok = sub.add_parser("tokenizer", help="tokenizer tools")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    tok_train = tok_sub.add_parser("train", help="train a sentencepiece tokenizer")
+    add_tokenizer_train_arguments(tok_train)
+    tok_train.set_defaults(func=run_tokenizer_train_args)
     return parser
 
 

@@ -62,9 +62,18 @@ def run_mdm(args: list[str], nproc: int = 1, timeout: int = 600, check: bool = T
     return proc
 
 
-def read_metrics(output_dir: Path) -> list[dict]:
+def read_all_metrics(output_dir: Path) -> list[dict]:
     with open(Path(output_dir) / "metrics.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    """Training records (validation records carry `val_loss` instead of `loss`)."""
+    return [r for r in read_all_metrics(output_dir) if "loss" in r]
+
+
+def read_val_metrics(output_dir: Path) -> list[dict]:
+    return [r for r in read_all_metrics(output_dir) if "val_loss" in r]
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,14 @@
 
 Each case is a real `mdm train` run (torchrun, gloo); the reference is an independent
 single-process ZeRO-0 run on the same config, seed and global batch. Variable-length cropping is
-on (probability 0.3) so that cropped micro-batches, and variable pipeline shapes, are covered.
+on (probability 0.3) so that cropped micro-batches, and variable pipeline shapes, are covered;
+the validation loss (forward only, fixed masks) is compared as well.
 """
 
 from __future__ import annotations
 
 import pytest
-from conftest import QUICKSTART, read_metrics, run_mdm
+from conftest import QUICKSTART, read_metrics, read_val_metrics, run_mdm
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +21,8 @@ COMMON = [
     f"train.max_steps={STEPS}",
     "train.warmup_steps=1",
     "diffusion.var_len_prob=0.3",
+    "train.eval_interval=3",
+    "train.eval_iters=1",
     "logging.interval=1",
     "logging.progress=false",
     "logging.tensorboard=false",
@@ -41,15 +44,19 @@ CASES = {
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     run_mdm(["train", QUICKSTART, *COMMON, f"train.output_dir={out}"])
-    return read_metrics(out)
+    return read_metrics(out), read_val_metrics(out)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_process_layout_matches_single_process(case, reference, tmp_path):
     run_mdm(["train", QUICKSTART, *COMMON, *CASES[case], f"train.output_dir={tmp_path}"], nproc=2)
+    want_train, want_val = reference
     got = read_metrics(tmp_path)
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
-    for want, have in zip(reference, got):
+    got_val = read_val_metrics(tmp_path)
+    assert [r["step"] for r in got_val] == [STEPS] == [r["step"] for r in want_val]
+    assert got_val[0]["val_loss"] == pytest.approx(want_val[0]["val_loss"], rel=1e-5)
+    for want, have in zip(want_train, got):
         assert have["loss"] == pytest.approx(want["loss"], rel=1e-5), (case, want["step"])
         assert have["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4), (case, want["step"])
         assert have["consumed_samples"] == want["consumed_samples"]

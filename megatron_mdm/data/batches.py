@@ -1,9 +1,11 @@
 """Micro-batches for pretraining: which samples a rank takes, and their diffusion masks.
 
-The global batch of step s is samples [s * G, (s + 1) * G). It is cut into chunks of
-micro_batch_size * dp; in each chunk, data-parallel rank d takes the d-th micro-batch (Megatron's
-sampler order). The same global batch is therefore seen on 1 or N ranks, and every per-sample
-random draw is keyed by (seed, step, position in the global batch).
+The global batch of step s is samples [s * G, (s + 1) * G) of the train split. It is cut into
+chunks of micro_batch_size * dp; in each chunk, data-parallel rank d takes the d-th micro-batch
+(Megatron's sampler order). The same global batch is therefore seen on 1 or N ranks, and every
+per-sample random draw is keyed by (seed, key, position in the global batch), where the key is the
+training step, or ("valid", i) for the i-th validation batch, whose masks are then the same at
+every evaluation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 from megatron_mdm.config import ExperimentConfig
-from megatron_mdm.data.packed import PackedTokenDataset
 from megatron_mdm.diffusion.masking import crop_length, forward_mask
 
 
@@ -44,17 +45,24 @@ def micro_batch_positions(micro: int, dp_rank: int, micro_batch_size: int, dp_si
 
 def build_micro_batch(
     cfg: ExperimentConfig,
-    dataset: PackedTokenDataset,
+    source,
     mask_id: int,
-    step: int,
+    key,
+    first_index: int,
     positions: list[int],
+    var_len_prob: float | None = None,
 ) -> MicroBatch:
+    """Samples `first_index + p` for p in `positions` (each `seq_length + 1` tokens), masked.
+
+    `source` is anything with `sample(index) -> array`; `var_len_prob` overrides the config
+    (evaluation uses full lengths)."""
     gbs, seq = cfg.train.global_batch_size, cfg.model.seq_length
-    samples = torch.stack([torch.from_numpy(dataset.sample(step * gbs + pos)) for pos in positions])
+    samples = torch.stack([torch.from_numpy(source.sample(first_index + p)) for p in positions])
     if cfg.model.objective == "arm":
         return MicroBatch(samples[:, :seq], samples[:, 1 : seq + 1], None, None)
     d = cfg.diffusion
-    length = crop_length(cfg.train.seed, step, positions[0], seq, d.var_len_prob)
+    prob = d.var_len_prob if var_len_prob is None else var_len_prob
+    length = crop_length(cfg.train.seed, key, positions[0], seq, prob)
     x0 = samples[:, :length]
-    mb = forward_mask(x0, cfg.train.seed, step, positions, gbs, mask_id, d.eps, d.t_sampling)
+    mb = forward_mask(x0, cfg.train.seed, key, positions, gbs, mask_id, d.eps, d.t_sampling)
     return MicroBatch(mb.xt, mb.x0, mb.masked, mb.p_mask)

@@ -1,8 +1,9 @@
-"""Forward masking of DESIGN.md §3, as a pure function of (seed, step, sample index).
+"""Forward masking of DESIGN.md §3, as a pure function of (seed, key, sample index).
 
-Every random draw for a sample comes from a generator seeded by the experiment seed, the training
-step and the sample's index in the global batch, so the masks do not depend on how the global
-batch is split over data-parallel ranks and micro-batches, nor on whether the run was resumed.
+Every random draw for a sample comes from a generator seeded by the experiment seed, a key (the
+training step, or e.g. ("valid", i) for fixed evaluation masks) and the sample's position in the
+global batch, so the masks do not depend on how the global batch is split over data-parallel ranks
+and micro-batches, nor on whether the run was resumed.
 """
 
 from __future__ import annotations
@@ -26,24 +27,24 @@ def _generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(stable_seed(*parts))
 
 
-def sample_t(seed: int, step: int, batch_indices: list[int], global_batch: int, how: str):
+def sample_t(seed: int, key, batch_indices: list[int], global_batch: int, how: str):
     """t in [0, 1) per sample; `stratified` spreads one uniform draw evenly over the global batch."""
     if how == "stratified":
-        u = torch.rand((), generator=_generator(seed, step, "t-stratified"), dtype=torch.float64)
+        u = torch.rand((), generator=_generator(seed, key, "t-stratified"), dtype=torch.float64)
         idx = torch.tensor(batch_indices, dtype=torch.float64)
         return torch.remainder(u + idx / global_batch, 1.0)
     draws = [
-        torch.rand((), generator=_generator(seed, step, b, "t"), dtype=torch.float64)
+        torch.rand((), generator=_generator(seed, key, b, "t"), dtype=torch.float64)
         for b in batch_indices
     ]
     return torch.stack(draws)
 
 
-def crop_length(seed: int, step: int, first_index: int, seq_length: int, prob: float) -> int:
+def crop_length(seed: int, key, first_index: int, seq_length: int, prob: float) -> int:
     """Variable-length training: with probability `prob` a micro-batch is cropped to U{1..L}."""
     if prob <= 0:
         return seq_length
-    gen = _generator(seed, step, first_index, "crop")
+    gen = _generator(seed, key, first_index, "crop")
     if torch.rand((), generator=gen).item() >= prob:
         return seq_length
     return int(torch.randint(1, seq_length + 1, (), generator=gen).item())
@@ -52,7 +53,7 @@ def crop_length(seed: int, step: int, first_index: int, seq_length: int, prob: f
 def forward_mask(
     x0: torch.Tensor,
     seed: int,
-    step: int,
+    key,
     batch_indices: list[int],
     global_batch: int,
     mask_id: int,
@@ -60,11 +61,11 @@ def forward_mask(
     t_sampling: str,
 ) -> MaskedBatch:
     """Mask each token of sequence b with probability p_b = (1 - eps) t_b + eps."""
-    t = sample_t(seed, step, batch_indices, global_batch, t_sampling)
+    t = sample_t(seed, key, batch_indices, global_batch, t_sampling)
     p = ((1.0 - eps) * t + eps).to(torch.float32)
     length = x0.shape[1]
     uniforms = torch.stack(
-        [torch.rand(length, generator=_generator(seed, step, b, "mask")) for b in batch_indices]
+        [torch.rand(length, generator=_generator(seed, key, b, "mask")) for b in batch_indices]
     )
     masked = uniforms < p[:, None]
     xt = torch.where(masked, torch.full_like(x0, mask_id), x0)

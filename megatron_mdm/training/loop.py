@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from megatron_mdm.config import ExperimentConfig
 from megatron_mdm.data.batches import build_micro_batch, micro_batch_positions
-from megatron_mdm.data.packed import (
-    PackedTokenDataset,
-    build_tokenizer,
-    load_documents,
-    pack_documents,
-)
+from megatron_mdm.data.prepare import resolve_blend
+from megatron_mdm.data.pretrain_dataset import build_sample_sources
+from megatron_mdm.data.tokenizers import build_tokenizer
 from megatron_mdm.model.vocab import VocabLayout
 from megatron_mdm.parallel.distributed import ParallelContext, init_distributed, shutdown
 from megatron_mdm.training import checkpoint as ckpt
@@ -36,11 +34,11 @@ class Trainer:
         from megatron_mdm.training.engine import build_engine
 
         self.cfg, self.ctx = cfg, ctx
-        self.tokenizer = build_tokenizer(cfg.data)
+        self.tokenizer = build_tokenizer(cfg.data.tokenizer.type, cfg.data.tokenizer.model)
         self.vocab = _vocab(cfg, self.tokenizer, ctx.tp_size)
-        docs = load_documents(cfg.data)
-        tokens = pack_documents(docs, self.tokenizer)
-        self.dataset = PackedTokenDataset(tokens, cfg.model.seq_length, cfg.train.seed)
+        blend = resolve_blend(cfg, self.tokenizer, is_builder=ctx.is_logging_rank)
+        cache = Path(cfg.train.output_dir) / "data" / "index_cache"
+        self.sources = build_sample_sources(cfg, self.tokenizer, blend, cache)
         model = build_model(cfg, self.vocab, ctx.on_gpu).to(ctx.device)
         self.engine = build_engine(cfg, model, ctx)
         self.gas = cfg.gradient_accumulation_steps(ctx.dp_size)
@@ -58,24 +56,49 @@ class Trainer:
         if self.ctx.is_logging_rank:
             tqdm.write(message)
 
-    def micro_batches(self, step: int):
+    def micro_batches(self, split: str, key, first_index: int, var_len_prob=None):
         t = self.cfg.train
         return [
             build_micro_batch(
                 self.cfg,
-                self.dataset,
+                self.sources[split],
                 self.vocab.mask_id,
-                step,
+                key,
+                first_index,
                 micro_batch_positions(m, self.ctx.dp_rank, t.micro_batch_size, self.ctx.dp_size),
+                var_len_prob=var_len_prob,
             )
             for m in range(self.gas)
         ]
+
+    def evaluate(self) -> float:
+        """Validation loss on the first `eval_iters` global batches of the valid split, with
+        masks keyed by ("valid", i): the same samples and masks at every evaluation and in every
+        run with the same seed, so the numbers compare. Full length (no variable-length crop)."""
+        from megatron_mdm.training.step import eval_loss
+
+        t = self.cfg.train
+        losses = [
+            eval_loss(
+                self.cfg,
+                self.ctx,
+                self.engine,
+                self.micro_batches("valid", ("valid", i), i * t.global_batch_size, 0.0),
+            )
+            for i in range(t.eval_iters)
+        ]
+        return sum(losses) / len(losses)
 
     def save(self) -> None:
         t = self.cfg.train
         meta = {
             "consumed_samples": self.step * t.global_batch_size,
-            "tokenizer": {"type": self.tokenizer.name, "vocab_size": self.tokenizer.vocab_size},
+            "tokenizer": {
+                "type": self.tokenizer.name,
+                "model": self.cfg.data.tokenizer.model,
+                "vocab_size": self.tokenizer.vocab_size,
+                "eos_id": self.tokenizer.eos_id,
+            },
             "vocab": {
                 "tokenizer_size": self.vocab.tokenizer_size,
                 "mask_id": self.vocab.mask_id,
@@ -107,7 +130,7 @@ class Trainer:
         )
         window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
         while self.step < t.max_steps:
-            batches = self.micro_batches(self.step)
+            batches = self.micro_batches("train", self.step, self.step * t.global_batch_size)
             out = train_step(cfg, ctx, self.engine, batches)
             lr = lr_at(self.step, t)
             self.step += 1
@@ -141,6 +164,13 @@ class Trainer:
                     f"MFU {100 * record['mfu']:.2f}%"
                 )
                 window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
+            if t.eval_interval > 0 and (
+                self.step % t.eval_interval == 0 or self.step == t.max_steps
+            ):
+                val = self.evaluate()
+                if self.metrics is not None:
+                    self.metrics.write({"step": self.step, "val_loss": val})
+                self._say(f"step {self.step:>6} | validation loss {val:.4f}")
             interval = cfg.checkpoint.save_interval
             if interval > 0 and self.step % interval == 0 and self.step < t.max_steps:
                 self.save()

@@ -64,7 +64,8 @@ def train_step_no_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> 
     return {"loss": loss, "grad_norm": grad_norm}
 
 
-def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dict:
+def _pipeline_losses(cfg, ctx: ParallelContext, engine, micro_batches, forward_only: bool):
+    """Run megatron-core's pipeline schedule; the mean micro-batch loss, on every stage."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     def forward_step(data_iterator, model) -> tuple[torch.Tensor, Callable]:
@@ -73,20 +74,29 @@ def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dic
 
         def loss_func(logits):
             loss = objective_loss(cfg, logits, mb)
+            # clone: the schedule divides the returned loss in place by the micro-batch count.
             return loss, {"loss": loss.detach().clone().float()}
 
         return output, loss_func
 
-    seq = max(mb.inputs.shape[1] for mb in micro_batches)
     outputs = get_forward_backward_func()(
         forward_step_func=forward_step,
         data_iterator=iter(micro_batches),
         model=[engine.module],
         num_microbatches=len(micro_batches),
-        seq_length=seq,
-        micro_batch_size=cfg.train.micro_batch_size,
-        forward_only=False,
+        seq_length=max(mb.inputs.shape[1] for mb in micro_batches),
+        micro_batch_size=micro_batches[0].inputs.shape[0],
+        forward_only=forward_only,
     )
+    local = torch.zeros((), dtype=torch.float32, device=ctx.device)
+    if ctx.is_last_stage:
+        local = torch.stack([o["loss"] for o in outputs]).mean()
+    torch.distributed.all_reduce(local, group=ps.get_pipeline_model_parallel_group())
+    return local
+
+
+def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dict:
+    loss = _pipeline_losses(cfg, ctx, engine, micro_batches, forward_only=False)
     if cfg.parallel.zero_stage == 0:
         engine.allreduce_gradients()
     else:
@@ -97,11 +107,21 @@ def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dic
     engine.step()
     if deepspeed_clips(cfg):
         grad_norm = _clip_and_norm(cfg, engine)
-    local = torch.zeros((), dtype=torch.float32, device=ctx.device)
-    if ctx.is_last_stage:
-        local = torch.stack([o["loss"] for o in outputs]).mean()
-    torch.distributed.all_reduce(local, group=ps.get_pipeline_model_parallel_group())
-    return {"loss": _mean_over_data_parallel(local), "grad_norm": grad_norm}
+    return {"loss": _mean_over_data_parallel(loss), "grad_norm": grad_norm}
+
+
+@torch.no_grad()
+def eval_loss(cfg, ctx: ParallelContext, engine, micro_batches) -> float:
+    """Mean loss over the micro-batches (forward only), averaged over data-parallel ranks."""
+    if cfg.parallel.pipeline > 1:
+        loss = _pipeline_losses(cfg, ctx, engine, micro_batches, forward_only=True)
+    else:
+        losses = []
+        for mb in micro_batches:
+            mb = mb.to(ctx.device)
+            losses.append(objective_loss(cfg, engine(mb.inputs), mb).float())
+        loss = torch.stack(losses).mean()
+    return _mean_over_data_parallel(loss)
 
 
 def train_step(cfg, ctx, engine, micro_batches) -> dict:

@@ -1,0 +1,49 @@
+"""The indexed datasets a run trains on: `data.blend`, or a corpus preprocessed on the fly.
+
+With no `data.blend`, the run preprocesses `data.text_file` (or the built-in synthetic corpus)
+through the same `mdm preprocess` path into `<output_dir>/data/`, once, on rank 0. So a bare
+`mdm train configs/quickstart.yaml` needs no set-up and still exercises the real pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from megatron_mdm.config import ConfigError, ExperimentConfig
+from megatron_mdm.data.synthetic_corpus import write_corpus
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.blake2b(repr(parts).encode(), digest_size=4).hexdigest()
+
+
+def resolve_blend(cfg: ExperimentConfig, tokenizer, is_builder: bool) -> list:
+    """The Megatron-style blend list to train on; builds the on-the-fly dataset if needed."""
+    if cfg.data.blend:
+        return list(cfg.data.blend)
+    data_dir = Path(cfg.train.output_dir) / "data"
+    tok = cfg.data.tokenizer
+    if cfg.data.text_file:
+        text = Path(cfg.data.text_file)
+        if not text.is_file():
+            raise ConfigError(f"{text} does not exist", source=cfg.source, key="data.text_file")
+        stat = text.stat()
+        name = f"{text.stem}-{_fingerprint(str(text.resolve()), stat.st_size, stat.st_mtime_ns, tok.type, tok.model)}"
+    else:
+        text = data_dir / "synthetic_corpus.txt"
+        name = f"synthetic-{_fingerprint(tok.type, tok.model)}"
+    prefix = data_dir / name
+    if is_builder and not (
+        prefix.with_suffix(".bin").exists() and prefix.with_suffix(".idx").exists()
+    ):
+        from megatron_mdm.data.preprocess import preprocess
+
+        if not cfg.data.text_file:
+            write_corpus(text)
+        preprocess([str(text)], str(prefix), tokenizer, workers=1, progress=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return [1.0, str(prefix)]

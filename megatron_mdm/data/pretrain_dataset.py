@@ -1,0 +1,116 @@
+"""Pretraining samples from megatron-core indexed datasets: GPTDataset packing, splits, blends.
+
+`BlendedMegatronDatasetBuilder` builds the train/valid/test GPTDatasets (document shuffling,
+packing to `seq_length + 1` tokens, epochs, weighted blends) and caches their index files; rank 0
+builds first and the others load the cache. A sample is a pure function of (seed, index), which
+is what makes batches identical on any number of ranks and after a resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from megatron_mdm.config import ConfigError, ExperimentConfig
+
+SPLITS = ("train", "valid", "test")
+
+
+class DatasetTokenizer:
+    """The tokenizer fields GPTDataset reads: `eod`, `pad`, `vocab_size`, and the
+    `unique_identifiers` that go into the hash naming its index cache."""
+
+    def __init__(self, tokenizer):
+        self.unique_identifiers = {
+            "class": type(tokenizer).__name__,
+            "name": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id,
+        }
+        self.eod = tokenizer.eos_id
+        self.eos = tokenizer.eos_id
+        pad = getattr(tokenizer, "pad_id", None)
+        self.pad = -1 if pad is None or pad == tokenizer.eos_id else pad
+        self.vocab_size = tokenizer.vocab_size
+
+
+@dataclass
+class SampleSource:
+    """Index -> `seq_length + 1` token ids (inputs plus the one extra token the ARM shifts in)."""
+
+    dataset: object  # GPTDataset or BlendedDataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, index: int) -> np.ndarray:
+        item = self.dataset[index]
+        tokens, labels = item["tokens"], item["labels"]
+        return np.concatenate([tokens.numpy(), labels[-1:].numpy()]).astype(np.int64)
+
+
+def split_sample_counts(cfg: ExperimentConfig) -> list[int]:
+    t = cfg.train
+    train = t.max_steps * t.global_batch_size
+    if t.eval_interval > 0:
+        valid = t.eval_iters * t.global_batch_size
+        test = t.eval_iters * t.global_batch_size
+    else:
+        valid = test = 0
+    return [train, valid, test]
+
+
+def blend_prefixes(blend: list) -> list[str]:
+    return [str(x) for x in (blend[1::2] if len(blend) % 2 == 0 else blend)]
+
+
+def check_prefixes(cfg: ExperimentConfig, blend: list) -> None:
+    for prefix in blend_prefixes(blend):
+        for suffix in (".bin", ".idx"):
+            if not Path(prefix + suffix).exists():
+                raise ConfigError(
+                    f"{prefix}{suffix} does not exist (run `mdm preprocess` first)",
+                    source=cfg.source,
+                    key="data.blend",
+                )
+
+
+def build_sample_sources(
+    cfg: ExperimentConfig, tokenizer, blend: list, cache_dir: Path
+) -> dict[str, SampleSource | None]:
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    check_prefixes(cfg, blend)
+    config = GPTDatasetConfig(
+        random_seed=cfg.train.seed,
+        sequence_length=cfg.model.seq_length,
+        blend=get_blend_from_list([str(x) for x in blend]),
+        split=cfg.data.split,
+        path_to_cache=str(cache_dir),
+        tokenizer=DatasetTokenizer(tokenizer),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        mmap_bin_files=True,
+    )
+    counts = split_sample_counts(cfg)
+    built = BlendedMegatronDatasetBuilder(GPTDataset, counts, lambda: True, config).build()
+    sources = {}
+    for name, dataset, wanted in zip(SPLITS, built, counts):
+        sources[name] = SampleSource(dataset) if dataset is not None and wanted > 0 else None
+    if sources["train"] is None:
+        raise ConfigError("the train split is empty", source=cfg.source, key="data.split")
+    if cfg.train.eval_interval > 0 and sources["valid"] is None:
+        raise ConfigError(
+            "train.eval_interval > 0 needs a non-empty valid split",
+            source=cfg.source,
+            key="data.split",
+        )
+    return sources

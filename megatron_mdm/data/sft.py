@@ -1,0 +1,413 @@
+"""Supervised fine-tuning data (DESIGN.md §4): load prompt/response pairs, fit them to the
+sequence length, and assemble masked micro-batches.
+
+Input formats (one example per line, streamed):
+- ``.jsonl`` with ``{"prompt": str, "response": str}``: used verbatim, so a dataset that was
+  already formatted keeps its exact text;
+- ``.jsonl`` with ``{"messages": [{"role", "content"}, ...]}``: the last message (assistant) is
+  the response, the earlier ones are rendered into the prompt by a :class:`ChatTemplate`;
+- ``.txt`` with ``question||reasoning #### answer`` (the GSM8K format SMDM's math SFT reads).
+
+A sequence is ``prompt + response + EOS``, then more EOS up to the padded length. The EOS pads
+belong to the response: they are masked and learned like any response token, which is how a
+diffusion model (no causal stop) learns where its answer ends. The prompt is never masked.
+
+Truncation happens once, in :func:`fit_examples`, before examples are indexed: dropping an
+example inside a micro-batch would shift every later sample and break the keyed masks. Every
+truncated or dropped example is counted in a :class:`TruncationReport`, never silently.
+
+Masks follow the pretraining convention (``diffusion/masking.py``): each sample's draws come
+from generators seeded by ``(seed, key, position in the global batch)``, so a sample gets the
+same mask on any number of ranks, with any micro-batch split, and after a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_mdm.data.tokenizers import Tokenizer
+from megatron_mdm.model.init import stable_seed
+
+__all__ = [
+    "PAD_TO",
+    "TRUNCATION_POLICIES",
+    "ChatTemplate",
+    "SFTDataError",
+    "SFTExample",
+    "SFTMicroBatch",
+    "TruncationReport",
+    "build_sft_micro_batch",
+    "fit_examples",
+    "iter_sft_examples",
+    "load_sft_examples",
+]
+
+TRUNCATION_POLICIES = ("response", "prompt_left", "drop")
+PAD_TO = ("max", "longest")
+_ROLES = ("system", "user", "assistant")
+
+
+class SFTDataError(ValueError):
+    """Bad input, as one line: ``FILE:LINE: what is wrong`` (LINE is 1-based)."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int, problem: str) -> None:
+        super().__init__(f"{path}:{line}: {problem}")
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+
+    def __reduce__(self):  # picklable, so it survives a DataLoader worker
+        return type(self), (self.path, self.line, self.problem)
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """Token ids without any EOS: the EOS and the padding are added when a batch is built, so the
+    same examples serve any sequence length and padding mode."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """How chat messages before the answer become prompt text.
+
+    The default is deliberately plain (``<|role|>\\ncontent\\n`` per message, then
+    ``<|assistant|>\\n``) so it works with any tokenizer, the byte tokenizer included, and a model
+    fine-tuned from scratch needs no special tokens. ``message_format`` must contain ``{role}``
+    and ``{content}``. ``use_tokenizer_template=True`` uses the Hugging Face tokenizer's own
+    ``apply_chat_template`` instead, for checkpoints converted from models trained with it.
+    """
+
+    message_format: str = "<|{role}|>\n{content}\n"
+    generation_prefix: str = "<|assistant|>\n"
+    use_tokenizer_template: bool = False
+
+    def render_prompt(self, messages: Sequence[dict[str, str]], tokenizer: Any = None) -> str:
+        """Prompt text for ``messages`` (everything before the answer), ending where the
+        assistant's answer starts."""
+        if self.use_tokenizer_template:
+            hf = _hf_chat_tokenizer(tokenizer)
+            return hf.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+        parts = [self.message_format.format(role=m["role"], content=m["content"]) for m in messages]
+        return "".join(parts) + self.generation_prefix
+
+
+def _hf_chat_tokenizer(tokenizer: Any) -> Any:
+    """The transformers tokenizer behind ``tokenizer`` that carries a chat template.
+
+    :class:`~megatron_mdm.data.tokenizers.HFTokenizer` may expose the object it wraps as ``hf``;
+    a raw transformers tokenizer is accepted as well. A bare ``tokenizer.json`` has no template.
+    """
+    for candidate in (getattr(tokenizer, "hf", None), tokenizer):
+        if candidate is not None and hasattr(candidate, "apply_chat_template"):
+            if getattr(candidate, "chat_template", None) is None:
+                raise ValueError(f"{tokenizer!r} has no chat template (use the default template)")
+            return candidate
+    raise ValueError(
+        f"use_tokenizer_template=True needs a Hugging Face tokenizer with apply_chat_template; "
+        f"{tokenizer!r} has none (use the default template)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _check_messages(messages: Any) -> str | None:
+    """The problem with a ``messages`` list, or None. Order: optional system first, then user
+    and assistant alternating, ending with the assistant's answer (the response)."""
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            return f"messages[{i}] must be an object with 'role' and 'content'"
+        if m["role"] not in _ROLES:
+            return f"messages[{i}] has unknown role {m['role']!r} (expected one of {_ROLES})"
+        if not isinstance(m["content"], str):
+            return f"messages[{i}].content must be a string"
+    roles = [m["role"] for m in messages]
+    body = roles[1:] if roles[0] == "system" else roles
+    expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(body))]
+    if not body or body[-1] != "assistant" or body != expected:
+        return (
+            f"wrong role order {roles} (expected an optional system message, then user and "
+            "assistant alternating, ending with assistant)"
+        )
+    return None
+
+
+def _parse_json_record(text: str, tokenizer: Tokenizer, template: ChatTemplate):
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(record, dict):
+        return f"expected a JSON object, found {type(record).__name__}"
+    if "messages" in record:
+        problem = _check_messages(record["messages"])
+        if problem:
+            return problem
+        *context, answer = record["messages"]
+        prompt = template.render_prompt(context, tokenizer)
+        response = answer["content"]
+    else:
+        missing = [k for k in ("prompt", "response") if k not in record]
+        if missing:
+            have = ", ".join(repr(k) for k in record) or "none"
+            want = " and ".join(repr(k) for k in missing)
+            return f"missing key {want} (expected 'prompt'+'response' or 'messages'; has {have})"
+        prompt, response = record["prompt"], record["response"]
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            return "'prompt' and 'response' must be strings"
+    return prompt, response
+
+
+def _parse_gsm8k_line(text: str):
+    question, sep, response = text.partition("||")
+    if not sep:
+        return "expected 'question||reasoning #### answer' (no '||' separator)"
+    return question, response
+
+
+def iter_sft_examples(
+    path: str | os.PathLike[str], tokenizer: Tokenizer, template: ChatTemplate | None = None
+) -> Iterator[SFTExample]:
+    """Examples of one file, read line by line (memory stays flat whatever the file size).
+
+    Blank lines are skipped. Any bad line raises :class:`SFTDataError` naming file and line.
+    """
+    path = Path(path)
+    template = template or ChatTemplate()
+    gsm8k = path.suffix.lower() == ".txt"
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise SFTDataError(path, lineno, f"not UTF-8 ({exc.reason})") from None
+            if not text.strip():
+                continue
+            try:
+                parsed = (
+                    _parse_gsm8k_line(text)
+                    if gsm8k
+                    else _parse_json_record(text, tokenizer, template)
+                )
+            except ValueError as exc:  # e.g. a chat template that rejects the messages
+                raise SFTDataError(path, lineno, str(exc).splitlines()[0]) from None
+            if isinstance(parsed, str):
+                raise SFTDataError(path, lineno, parsed)
+            prompt, response = parsed
+            if not response.strip():
+                raise SFTDataError(path, lineno, "empty response")
+            response_ids = list(tokenizer.encode(response))
+            if not response_ids:
+                raise SFTDataError(path, lineno, "response encodes to no tokens")
+            yield SFTExample(list(tokenizer.encode(prompt)), response_ids)
+
+
+def load_sft_examples(
+    path: str | os.PathLike[str], tokenizer: Tokenizer, template: ChatTemplate | None = None
+) -> list[SFTExample]:
+    """All examples of ``path`` (``.txt``: GSM8K ``||`` format; anything else: jsonl)."""
+    return list(iter_sft_examples(path, tokenizer, template))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting to the sequence length
+
+
+@dataclass
+class TruncationReport:
+    """What :func:`fit_examples` changed, so a run can log it (``summary()``) and tests can
+    check it: shortened examples teach an answer that stops early, dropped ones are lost data."""
+
+    policy: str
+    seq_length: int
+    seen: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    tokens_removed: int = 0  # tokens cut from truncated examples (dropped ones not counted)
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> int:
+        return self.seen - self.dropped
+
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.drop_reasons.items()))
+        return (
+            f"SFT truncation (policy={self.policy}, seq_length={self.seq_length}): "
+            f"{self.seen} examples, {self.truncated} truncated ({self.tokens_removed} tokens "
+            f"removed), {self.dropped} dropped" + (f" ({reasons})" if reasons else "")
+        )
+
+
+def fit_examples(
+    examples: Sequence[SFTExample], seq_length: int, truncation: str = "response"
+) -> tuple[list[SFTExample], TruncationReport]:
+    """Examples that fit ``prompt + response + EOS`` in ``seq_length``, and what was changed.
+
+    - ``response``: cut the response so one EOS still ends it (the model learns to stop there);
+      an example whose prompt leaves no room for even one response token is dropped, since
+      training on "prompt, then EOS at once" would teach the model to give no answer.
+    - ``prompt_left``: drop prompt tokens from the left (the end of the prompt, next to the
+      answer, matters most); dropped when the response and EOS alone need the whole sequence.
+    - ``drop``: skip every example that does not fit.
+    """
+    if truncation not in TRUNCATION_POLICIES:
+        raise ValueError(f"truncation {truncation!r}: choose one of {TRUNCATION_POLICIES}")
+    if seq_length < 2:
+        raise ValueError(f"seq_length {seq_length} leaves no room for a response and EOS")
+    report = TruncationReport(truncation, seq_length)
+    kept: list[SFTExample] = []
+    for ex in examples:
+        report.seen += 1
+        p, r = len(ex.prompt_ids), len(ex.response_ids)
+        if p + r + 1 <= seq_length:
+            kept.append(ex)
+            continue
+        if truncation == "drop":
+            report._drop("too long")
+            continue
+        if truncation == "response":
+            room = seq_length - p - 1
+            if room < 1:
+                report._drop("prompt leaves no room for a response")
+                continue
+            kept.append(SFTExample(ex.prompt_ids, ex.response_ids[:room]))
+            report.tokens_removed += r - room
+        else:
+            room = seq_length - r - 1
+            if room < 1:
+                report._drop("response alone fills the sequence")
+                continue
+            kept.append(SFTExample(ex.prompt_ids[p - room :], ex.response_ids))
+            report.tokens_removed += p - room
+        report.truncated += 1
+    return kept, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Micro-batches
+
+
+@dataclass
+class SFTMicroBatch:
+    """A :class:`~megatron_mdm.data.batches.MicroBatch` (same first four fields) plus the lengths
+    the SFT loss normalises by."""
+
+    inputs: torch.Tensor  # [b, L] x_t: masked response positions replaced by mask_id
+    targets: torch.Tensor  # [b, L] x0
+    masked: torch.Tensor  # [b, L] bool, True only at response positions (EOS pads included)
+    p_mask: torch.Tensor  # [b] masking probability per sequence
+    prompt_lengths: torch.Tensor  # [b] long
+    response_lengths: torch.Tensor  # [b] long: L - prompt length (response + EOS pads)
+
+    def to(self, device) -> SFTMicroBatch:
+        return SFTMicroBatch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (
+                    self.inputs,
+                    self.targets,
+                    self.masked,
+                    self.p_mask,
+                    self.prompt_lengths,
+                    self.response_lengths,
+                )
+            )
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return self.inputs.numel()
+
+
+def _generator(*parts) -> torch.Generator:
+    return torch.Generator().manual_seed(stable_seed(*parts))
+
+
+def build_sft_micro_batch(
+    examples: Sequence[SFTExample],
+    seq_length: int,
+    pad_to: str,
+    eos_id: int,
+    mask_id: int,
+    seed: int,
+    key,
+    positions: Sequence[int],
+    eps: float = 1e-3,
+) -> SFTMicroBatch:
+    """Pad ``examples`` with EOS and mask their responses; ``positions`` are the examples'
+    positions in the global batch and key every random draw.
+
+    ``pad_to="max"`` pads to ``seq_length`` (fixed shapes), ``"longest"`` to the longest example
+    of this micro-batch (less compute; the denominator of the loss changes with it, as in
+    LLaDA). Examples must already fit (:func:`fit_examples`). Each sample draws
+    ``t ~ U[0, 1)`` and ``seq_length`` uniforms whatever the padded length, so its mask at a given
+    position is the same under either padding and any micro-batch split.
+    """
+    if pad_to not in PAD_TO:
+        raise ValueError(f"pad_to {pad_to!r}: choose one of {PAD_TO}")
+    if len(examples) != len(positions):
+        raise ValueError(f"{len(examples)} examples but {len(positions)} positions")
+    if not examples:
+        raise ValueError("a micro-batch needs at least one example")
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"eps {eps} must be in [0, 1)")
+    needed = [len(ex.prompt_ids) + len(ex.response_ids) + 1 for ex in examples]
+    for pos, n in zip(positions, needed, strict=True):
+        if n > seq_length:
+            raise ValueError(
+                f"example at position {pos} needs {n} tokens > seq_length {seq_length}; "
+                "run fit_examples first"
+            )
+    length = seq_length if pad_to == "max" else max(needed)
+    rows, prompt_lengths = [], []
+    for ex in examples:
+        body = ex.prompt_ids + ex.response_ids
+        rows.append(body + [eos_id] * (length - len(body)))
+        prompt_lengths.append(len(ex.prompt_ids))
+    x0 = torch.tensor(rows, dtype=torch.long)
+    prompt_len = torch.tensor(prompt_lengths, dtype=torch.long)
+
+    t = torch.stack(
+        [
+            torch.rand((), generator=_generator(seed, key, pos, "sft-t"), dtype=torch.float64)
+            for pos in positions
+        ]
+    )
+    p = ((1.0 - eps) * t + eps).to(torch.float32)
+    uniforms = torch.stack(
+        [
+            torch.rand(seq_length, generator=_generator(seed, key, pos, "sft-mask"))[:length]
+            for pos in positions
+        ]
+    )
+    in_response = torch.arange(length)[None, :] >= prompt_len[:, None]
+    masked = (uniforms < p[:, None]) & in_response
+    xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    return SFTMicroBatch(
+        inputs=xt,
+        targets=x0,
+        masked=masked,
+        p_mask=p,
+        prompt_lengths=prompt_len,
+        response_lengths=length - prompt_len,
+    )
