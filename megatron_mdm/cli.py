@@ -24,6 +24,21 @@ def _train(args) -> int:
     return 0
 
 
+def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    from megatron_mdm.convert.commands import add_convert_arguments
+
+    add_convert_arguments(parser)
+
+
+def _convert(args) -> int:
+    from megatron_mdm.parallel.distributed import prepare_accelerator
+
+    prepare_accelerator()  # DeepSpeed's zero_to_fp32 (for --fp32-master) imports deepspeed
+    from megatron_mdm.convert.commands import run_convert_args
+
+    return run_convert_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdm", description="Masked diffusion LM pretraining")
     # The `deepspeed` launcher passes --local_rank=N; the same value is in LOCAL_RANK.
@@ -36,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("preprocess", help="tokenize text into a megatron-core indexed dataset")
     add_preprocess_arguments(pre)
     pre.set_defaults(func=run_preprocess_args)
+    conv = sub.add_parser("convert", help="export / import / reshard checkpoints")
+    conv.set_defaults(func=_convert)
+    _add_convert_arguments(conv)
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     tok_train = tok_sub.add_parser("train", help="train a sentencepiece tokenizer")

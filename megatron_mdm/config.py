@@ -135,6 +135,9 @@ class TrainConfig:
     output_dir: str = "runs/default"
     eval_interval: int = 0  # 0: no periodic evaluation
     eval_iters: int = 0
+    # Weights only (fresh optimizer, step 0): a training checkpoint or an exported hf/llada/smdm
+    # folder, at any TP/PP. For fine-tuning and continued pretraining from converted weights.
+    init_from: str | None = None
 
     @property
     def decay_steps(self) -> int:

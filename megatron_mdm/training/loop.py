@@ -40,17 +40,42 @@ class Trainer:
         cache = Path(cfg.train.output_dir) / "data" / "index_cache"
         self.sources = build_sample_sources(cfg, self.tokenizer, blend, cache)
         model = build_model(cfg, self.vocab, ctx.on_gpu).to(ctx.device)
+        resume_from = ckpt.find_resume_checkpoint(cfg)
+        resume_meta = ckpt.read_meta(resume_from) if resume_from is not None else {}
+        weights_only = bool(resume_meta.get("weights_only"))
+        if weights_only:
+            self._load_weights(model, resume_from)
+        elif resume_from is None and cfg.train.init_from:
+            self._load_weights(model, cfg.train.init_from)
         self.engine = build_engine(cfg, model, ctx)
         self.gas = cfg.gradient_accumulation_steps(ctx.dp_size)
         self.step = 0
-        resume_from = ckpt.find_resume_checkpoint(cfg)
+        if resume_from is not None and not weights_only:
+            self.step = ckpt.load_checkpoint(self.engine, resume_from, ctx).step
+        elif weights_only:
+            self.step = int(resume_meta["step"])
+            self._fast_forward_lr_schedule()
         if resume_from is not None:
-            state = ckpt.load_checkpoint(self.engine, resume_from, ctx)
-            self.step = state.step
-            self._say(f"resumed from {resume_from} at step {self.step}")
+            kind = "weights only, fresh optimizer" if weights_only else "full state"
+            self._say(f"resumed from {resume_from} at step {self.step} ({kind})")
         self.metrics = None
         if ctx.is_logging_rank:
             self.metrics = MetricsWriter(cfg.train.output_dir, cfg.logging.tensorboard, self.step)
+
+    def _load_weights(self, model, source) -> None:
+        from megatron_mdm.convert.weights import canonical_weights, load_weights_into, model_shape
+
+        shape = model_shape(self.cfg, self.vocab)
+        canonical = canonical_weights(source, shape, self.vocab.padded_size)
+        load_weights_into(model, canonical, self.ctx, self.cfg.model.num_layers, str(source))
+        self._say(f"loaded weights from {source}")
+
+    def _fast_forward_lr_schedule(self) -> None:
+        """A weights-only checkpoint at step k: continue the LR schedule at step k."""
+        scheduler = self.engine.lr_scheduler
+        if self.step > 0 and scheduler is not None:
+            scheduler.last_epoch = self.step - 1
+            scheduler.step()
 
     def _say(self, message: str) -> None:
         if self.ctx.is_logging_rank:

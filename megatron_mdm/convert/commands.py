@@ -1,0 +1,307 @@
+"""`mdm convert export | import | reshard`: training checkpoints <-> exported folders.
+
+    export  CKPT_DIR OUT_DIR --format hf|llada|smdm [--dtype bf16|fp32] [--fp32-master]
+    import  SRC_DIR OUT_CKPT_DIR --format hf|llada|smdm --tensor N --pipeline M
+    reshard CKPT_DIR OUT_CKPT_DIR --tensor N --pipeline M
+
+Every command works on the canonical (TP=1, PP=1) state dict: read -> canonical -> write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from megatron_mdm.config import ConfigError, ExperimentConfig, from_dict, to_dict
+from megatron_mdm.convert import folder_io, layouts
+from megatron_mdm.convert.training_checkpoint import (
+    CheckpointError,
+    load_canonical,
+    write_weights_checkpoint,
+)
+from megatron_mdm.convert.weights import model_shape
+from megatron_mdm.model.vocab import VocabLayout
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+GENERATION_DEFAULTS = {
+    "sampler": "llada",
+    "gen_length": 128,
+    "steps": 128,
+    "block_length": 32,
+    "temperature": 0.0,
+    "remasking": "low_confidence",
+    "cfg": 0.0,
+}
+
+
+def vocab_from_meta(meta: dict) -> VocabLayout:
+    v = meta["vocab"]
+    return VocabLayout(v["tokenizer_size"], v["mask_id"], v["padded_size"])
+
+
+def _check_shapes(canonical: dict, cfg: ExperimentConfig, vocab: VocabLayout, where: str) -> None:
+    """Shape mismatch against the config -> one line naming the tensor."""
+    m = cfg.model
+    hd = m.hidden_size // m.num_attention_heads
+    expected = {
+        "embedding.word_embeddings.weight": (vocab.padded_size, m.hidden_size),
+        "output_layer.weight": (vocab.padded_size, m.hidden_size),
+        "decoder.final_layernorm.weight": (m.hidden_size,),
+    }
+    for i in range(m.num_layers):
+        p = f"decoder.layers.{i}."
+        expected[p + "self_attention.linear_qkv.weight"] = (
+            (m.num_attention_heads + 2 * m.kv_groups) * hd,
+            m.hidden_size,
+        )
+        expected[p + "self_attention.linear_proj.weight"] = (
+            m.hidden_size,
+            m.num_attention_heads * hd,
+        )
+        expected[p + "mlp.linear_fc1.weight"] = (2 * m.ffn_size, m.hidden_size)
+        expected[p + "mlp.linear_fc2.weight"] = (m.hidden_size, m.ffn_size)
+        expected[p + "input_layernorm.weight"] = (m.hidden_size,)
+        expected[p + "pre_mlp_layernorm.weight"] = (m.hidden_size,)
+    for name, shape in expected.items():
+        if name not in canonical:
+            raise CheckpointError(f"{where}: missing tensor {name}")
+        if tuple(canonical[name].shape) != shape:
+            raise CheckpointError(
+                f"{where}: tensor {name} has shape {tuple(canonical[name].shape)}, "
+                f"the config says {shape}"
+            )
+    extra = sorted(set(canonical) - set(expected))
+    if extra:
+        raise CheckpointError(f"{where}: unexpected tensor {extra[0]}")
+
+
+def export(args) -> dict:
+    start = time.perf_counter()
+    canonical, meta, ckpt = load_canonical(args.ckpt_dir, fp32_master=args.fp32_master)
+    cfg = from_dict(meta["config"], source=str(ckpt))
+    vocab = vocab_from_meta(meta)
+    canonical = layouts.canonicalize_names(canonical)
+    _check_shapes(canonical, cfg, vocab, str(ckpt))
+    shape = model_shape(cfg, vocab)
+    layout = layouts.LAYOUTS[args.format]
+    tensors = {k: v.to(DTYPES[args.dtype]) for k, v in layout.export(canonical, shape).items()}
+    with folder_io.atomic_folder(args.out_dir) as staging:
+        with tqdm(total=len(tensors), desc="export", disable=not args.progress) as bar:
+            nbytes = folder_io.save_safetensors(staging, tensors, args.max_shard_size, bar)
+        tok = meta["tokenizer"]
+        config = layout.config_json(
+            shape,
+            layouts.config_meta(
+                cfg,
+                vocab,
+                eos_token_id=tok["eos_id"],
+                torch_dtype="bfloat16" if args.dtype == "bf16" else "float32",
+            ),
+        )
+        folder_io.write_json(staging / "config.json", config)
+        folder_io.write_tokenizer(staging, meta["tokenizer"])
+        folder_io.write_json(
+            staging / "generation_config.json",
+            {
+                **GENERATION_DEFAULTS,
+                "mask_token_id": vocab.mask_id,
+                "eos_token_id": meta["tokenizer"]["eos_id"],
+                "objective": cfg.model.objective,
+            },
+        )
+        if args.format == "hf":
+            import shutil
+
+            from megatron_mdm.convert.hf_modeling import MODELING_FILES
+
+            for path in MODELING_FILES:
+                shutil.copy2(path, staging / Path(path).name)
+    return _summary("export", len(tensors), nbytes, start, args.out_dir)
+
+
+# config.json key -> model config key, per format (n_vocab and mask id handled separately).
+CONFIG_KEYS = {
+    "hf": {
+        "num_hidden_layers": "num_layers",
+        "hidden_size": "hidden_size",
+        "num_attention_heads": "num_attention_heads",
+        "num_key_value_heads": "num_query_groups",
+        "intermediate_size": "ffn_hidden_size",
+        "max_position_embeddings": "seq_length",
+        "rope_theta": "rotary_base",
+        "rms_norm_eps": "norm_epsilon",
+        "objective": "objective",
+    },
+    "llada": {
+        "n_layers": "num_layers",
+        "d_model": "hidden_size",
+        "n_heads": "num_attention_heads",
+        "n_kv_heads": "num_query_groups",
+        "mlp_hidden_size": "ffn_hidden_size",
+        "max_sequence_length": "seq_length",
+        "rope_theta": "rotary_base",
+        "rms_norm_eps": "norm_epsilon",
+    },
+    "smdm": {
+        "n_layer": "num_layers",
+        "n_embd": "hidden_size",
+        "n_head": "num_attention_heads",
+        "n_query_groups": "num_query_groups",
+        "intermediate_size": "ffn_hidden_size",
+        "block_size": "seq_length",
+        "norm_eps": "norm_epsilon",
+    },
+}
+VOCAB_KEY = {"hf": "vocab_size", "llada": "embedding_size", "smdm": "padded_vocab_size"}
+
+
+def _config_value(config: dict, key: str, where: Path):
+    if key not in config:
+        raise folder_io.FolderError(f"{where}: missing key {key}")
+    return config[key]
+
+
+def _experiment_for_import(fmt: str, src: Path):
+    """(meta, vocab, shape) of an exported folder, from its config.json and tokenizer."""
+    where = src / "config.json"
+    config = folder_io.read_json(where)
+    model = {
+        ours: _config_value(config, theirs, where) for theirs, ours in CONFIG_KEYS[fmt].items()
+    }
+    model["rotary_base"] = int(model.get("rotary_base", 10000))
+    n_vocab = int(_config_value(config, VOCAB_KEY[fmt], where))
+    mask_default = config.get("vocab_size") if fmt == "smdm" else None
+    model["mask_token_id"] = config.get("mask_token_id", mask_default)
+    tokenizer = folder_io.read_tokenizer(src)
+    cfg = from_dict({"model": model, "data": {"tokenizer": tokenizer}}, source=str(where))
+    from megatron_mdm.data.tokenizers import build_tokenizer
+
+    tok = build_tokenizer(tokenizer["type"], tokenizer.get("model"))
+    vocab = VocabLayout.build(
+        tok.vocab_size, cfg.model.mask_token_id, cfg.model.make_vocab_size_divisible_by, 1
+    )
+    shape = model_shape(cfg, vocab)
+    if shape.n_vocab != n_vocab:
+        raise CheckpointError(
+            f"{where}: {VOCAB_KEY[fmt]}={n_vocab}, but the tokenizer ({tok.vocab_size} ids) and "
+            f"mask id {vocab.mask_id} give {shape.n_vocab} rows"
+        )
+    meta = {
+        "step": 0,
+        "consumed_samples": 0,
+        "config": to_dict(cfg),
+        "tokenizer": {
+            "type": tok.name,
+            "model": tokenizer.get("model"),
+            "vocab_size": tok.vocab_size,
+            "eos_id": tok.eos_id,
+        },
+        "vocab": {
+            "tokenizer_size": vocab.tokenizer_size,
+            "mask_id": vocab.mask_id,
+            "padded_size": vocab.padded_size,
+        },
+    }
+    return meta, vocab, shape
+
+
+def import_(args) -> dict:
+    start = time.perf_counter()
+    src = Path(args.src_dir)
+    if not src.is_dir():
+        raise folder_io.FolderError(f"{src}: not a folder")
+    meta, vocab, shape = _experiment_for_import(args.format, src)
+    tensors = folder_io.load_safetensors(src)
+    canonical = layouts.LAYOUTS[args.format].import_(tensors, shape, vocab.padded_size)
+    canonical = {k: v.float() for k, v in canonical.items()}  # training checkpoints are fp32
+    cfg = from_dict(meta["config"], source=str(src))
+    _check_shapes(canonical, cfg, vocab, str(src))
+    out = Path(args.out_ckpt_dir)
+    meta["tokenizer"]["model"] = _relocated_tokenizer_model(meta["tokenizer"], src, out)
+    meta["config"]["data"]["tokenizer"]["model"] = meta["tokenizer"]["model"]
+
+    def copy_tokenizer(staging: Path) -> None:
+        (staging / "tokenizer").mkdir()
+        folder_io.write_tokenizer(staging / "tokenizer", folder_io.read_tokenizer(src))
+
+    with tqdm(total=args.tensor * args.pipeline, desc="import", disable=not args.progress) as bar:
+        write_weights_checkpoint(
+            canonical, meta, out, args.tensor, args.pipeline, bar, populate=copy_tokenizer
+        )
+    nbytes = sum(t.numel() * t.element_size() for t in canonical.values())
+    return _summary("import", len(canonical), nbytes, start, args.out_ckpt_dir)
+
+
+def _relocated_tokenizer_model(tokenizer: dict, src: Path, out: Path) -> str | None:
+    """Where the tokenizer's model file will be once copied into `<out>/tokenizer/`."""
+    model = tokenizer.get("model")
+    if model is None:
+        return None
+    rel = Path(model).resolve().relative_to(src.resolve())
+    return str((out / "tokenizer" / rel).resolve())
+
+
+def reshard(args) -> dict:
+    start = time.perf_counter()
+    canonical, meta, _ = load_canonical(args.ckpt_dir, fp32_master=args.fp32_master)
+    with tqdm(total=args.tensor * args.pipeline, desc="reshard", disable=not args.progress) as bar:
+        write_weights_checkpoint(
+            canonical, meta, args.out_ckpt_dir, args.tensor, args.pipeline, bar
+        )
+    nbytes = sum(t.numel() * t.element_size() for t in canonical.values())
+    return _summary("reshard", len(canonical), nbytes, start, args.out_ckpt_dir)
+
+
+def _summary(what: str, tensors: int, nbytes: int, start: float, out) -> dict:
+    seconds = time.perf_counter() - start
+    return {
+        "command": what,
+        "output": str(out),
+        "tensors": tensors,
+        "bytes": nbytes,
+        "seconds": round(seconds, 3),
+        "gb_per_s": round(nbytes / 1e9 / max(seconds, 1e-9), 3),
+    }
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="convert_command", required=True)
+    ex = sub.add_parser("export", help="training checkpoint -> hf / llada / smdm folder")
+    ex.add_argument("ckpt_dir", help="an output_dir of `mdm train`, or one checkpoint in it")
+    ex.add_argument("out_dir")
+    ex.add_argument("--format", choices=sorted(layouts.LAYOUTS), required=True)
+    ex.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ex.add_argument("--fp32-master", action="store_true", help="weights from ZeRO fp32 shards")
+    ex.add_argument("--max-shard-size", default="5GB", help="shard safetensors above this size")
+    im = sub.add_parser("import", help="hf / llada / smdm folder -> training checkpoint")
+    im.add_argument("src_dir")
+    im.add_argument("out_ckpt_dir")
+    im.add_argument("--format", choices=sorted(layouts.LAYOUTS), required=True)
+    rs = sub.add_parser("reshard", help="training checkpoint -> another TP/PP layout")
+    rs.add_argument("ckpt_dir")
+    rs.add_argument("out_ckpt_dir")
+    rs.add_argument("--fp32-master", action="store_true", help="weights from ZeRO fp32 shards")
+    for p in (im, rs):
+        p.add_argument("--tensor", type=int, default=1)
+        p.add_argument("--pipeline", type=int, default=1)
+    for p in (ex, im, rs):
+        p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run_convert_args(args) -> int:
+    commands = {"export": export, "import": import_, "reshard": reshard}
+    try:
+        summary = commands[args.convert_command](args)
+    except (CheckpointError, folder_io.FolderError, layouts.LayoutError, ConfigError) as exc:
+        print(f"mdm convert {args.convert_command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{summary['command']}: {summary['tensors']} tensors, {summary['bytes'] / 1e6:,.1f} MB "
+        f"in {summary['seconds']:.2f} s ({summary['gb_per_s']:.3f} GB/s) -> {summary['output']}"
+    )
+    return 0

@@ -1,0 +1,273 @@
+"""Hugging Face model for megatron-mdm exports.
+
+This file is copied verbatim into every exported folder and loaded with `trust_remote_code=True`,
+so it imports only torch, transformers and its sibling `configuration_mdm`. The numerics follow
+megatron-core's Llama-style GPT layer (RMSNorm in fp32, rotate-half RoPE with fp32 angles, SwiGLU,
+no biases) so that an exported model reproduces the training model's logits.
+
+Attention is bidirectional for `objective="mdm"`: a masked diffusion LM denoises every position
+from the whole sequence. `objective="arm"` uses the same weights layout with a causal mask.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+
+from .configuration_mdm import MDMConfig
+
+try:  # transformers >= 5: init functions that skip tensors already loaded from the checkpoint
+    from transformers import initialization as _init
+except ImportError:  # transformers 4.x
+    from torch.nn import init as _init
+
+
+class MDMRMSNorm(nn.Module):
+    """RMSNorm computed in fp32 whatever the activation dtype, as megatron does, because bf16
+    statistics would move the exported logits away from the training model's."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * self.weight.float()).to(x.dtype)
+
+
+def rope_cos_sin(
+    position_ids: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [B, 1, L, head_dim] in fp32. Recomputed per call (no buffer) so that loading on the
+    meta device never leaves an uninitialised non-persistent buffer behind."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device)
+    inv_freq = 1.0 / (theta ** (exponent / head_dim))
+    angles = position_ids.to(torch.float32)[..., None] * inv_freq
+    emb = torch.cat((angles, angles), dim=-1)[:, None]
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # megatron casts cos/sin to the activation dtype before rotating; do the same for parity.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class MDMAttention(nn.Module):
+    def __init__(self, config: MDMConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.causal = config.objective == "arm"
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask=None):
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.num_kv_heads != self.num_heads:
+            # megatron's query groups are contiguous: kv head j serves q heads j*g .. j*g+g-1.
+            groups = self.num_heads // self.num_kv_heads
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=self.causal and attn_mask is None,
+            scale=1.0 / math.sqrt(self.head_dim),
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class MDMMLP(nn.Module):
+    def __init__(self, config: MDMConfig):
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MDMDecoderLayer(nn.Module):
+    def __init__(self, config: MDMConfig):
+        super().__init__()
+        self.input_layernorm = MDMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = MDMAttention(config)
+        self.post_attention_layernorm = MDMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MDMMLP(config)
+
+    def forward(self, x, cos, sin, attn_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def build_attention_mask(
+    attention_mask: torch.Tensor | None, causal: bool, seq_len: int
+) -> torch.Tensor | None:
+    """Boolean SDPA mask (True = attend) from a [B, L] 1/0 padding mask, or None.
+
+    None whenever nothing is padded, so SDPA can take its fused paths (and `is_causal` for ARM).
+    Every query may attend to itself: a padded query (left padding under the causal mask) would
+    otherwise see no key at all and SDPA would return NaN there; real queries are unaffected because
+    their own position is never padding.
+    """
+    if attention_mask is None or bool(attention_mask.bool().all()):
+        return None
+    device = attention_mask.device
+    keep = attention_mask.bool()[:, None, None, :]
+    if causal:
+        keep = keep & torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    return keep | torch.eye(seq_len, dtype=torch.bool, device=device)
+
+
+class MDMPreTrainedModel(PreTrainedModel):
+    config_class = MDMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MDMDecoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            _init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, MDMRMSNorm):
+            _init.ones_(module.weight)
+
+
+class MDMModel(MDMPreTrainedModel):
+    """The transformer body: embeddings, decoder layers and the final norm (no output layer)."""
+
+    def __init__(self, config: MDMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            [MDMDecoderLayer(config) for _ in range(config.num_hidden_layers)]
+        )
+        self.norm = MDMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        """`attention_mask` [B, L] (1 = token, 0 = padding) only masks padded keys; training
+        packs sequences without any mask, so leave it None to reproduce training numerics."""
+        b, n = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(n, device=input_ids.device).unsqueeze(0).expand(b, -1)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        mask = build_attention_mask(attention_mask, self.config.objective == "arm", n)
+
+        h = self.embed_tokens(input_ids)
+        hidden_states = [] if output_hidden_states else None
+        for layer in self.layers:
+            if hidden_states is not None:
+                hidden_states.append(h)
+            if self.gradient_checkpointing and self.training:
+                h = self._gradient_checkpointing_func(layer.__call__, h, cos, sin, mask)
+            else:
+                h = layer(h, cos, sin, mask)
+        h = self.norm(h)
+        if hidden_states is not None:
+            hidden_states.append(h)
+            hidden_states = tuple(hidden_states)
+        out = BaseModelOutput(last_hidden_state=h, hidden_states=hidden_states)
+        return out.to_tuple() if return_dict is False else out
+
+
+class MDMForMaskedLM(MDMPreTrainedModel):
+    """Body + untied output layer. Logits are fp32 with `config.invalid_output_ids` at -inf, so a
+    sampler can softmax them directly and never unmask to `[MASK]`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MDMConfig):
+        super().__init__(config)
+        self.model = MDMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        """`labels` [B, L]: plain cross-entropy over positions where labels != -100, with no shift
+        (for ARM pass labels already aligned to the next token). This is a convenience for
+        fine-tuning tools, not the diffusion loss: that one weights each masked token by 1/t and
+        needs the masking ratio, which only the caller knows."""
+        body = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(body.last_hidden_state).float()
+        invalid = self.config.invalid_output_ids
+        if invalid:
+            ids = torch.tensor(invalid, dtype=torch.long, device=logits.device)
+            logits = logits.index_fill(-1, ids, float("-inf"))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.shape[-1]),
+                labels.reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
+        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=body.hidden_states)
+        return out.to_tuple() if return_dict is False else out
+
+
+__all__ = ["MDMPreTrainedModel", "MDMModel", "MDMForMaskedLM"]

@@ -1,0 +1,629 @@
+"""Tensor names and layouts of the exported checkpoint formats, to and from the canonical form.
+
+The canonical form is the full (TP=1, PP=1) state dict of megatron-core's GPTModel with the local
+layer spec, `_extra_state` dropped. Gathering shards into it (and splitting it back for any TP/PP)
+is `model/sharding.py`'s job; this module only renames and re-cuts whole tensors, so every format
+is reachable from any parallel layout through one pivot.
+
+Layouts (DESIGN.md §8); every name ends in `.weight`. Per layer i: L = `decoder.layers.i`,
+M = `model.layers.i`, B = `model.transformer.blocks.i`, H = `transformer.h.i`.
+
+    canonical (megatron)         hf                          llada               smdm (lit-gpt)
+    embedding.word_embeddings    model.embed_tokens          model.transformer.  transformer.wte
+                                                               wte
+    L.input_layernorm            M.input_layernorm           B.attn_norm         H.norm_1
+    L.self_attention.linear_qkv  M.self_attn.{q,k,v}_proj    B.{q,k,v}_proj      H.attn.attn
+                                   (split by group)            (split by group)    (verbatim)
+    L.self_attention.linear_proj M.self_attn.o_proj          B.attn_out          H.attn.proj
+    L.pre_mlp_layernorm          M.post_attention_layernorm  B.ff_norm           H.norm_2
+    L.mlp.linear_fc1 [gate; up]  M.mlp.{gate,up}_proj        B.{ff_proj,up_proj} H.mlp.swiglu.w1/w2
+    L.mlp.linear_fc2             M.mlp.down_proj             B.ff_out            H.mlp.swiglu.w3
+    decoder.final_layernorm      model.norm                  model.transformer.  transformer.ln_f
+                                                               ln_f
+    output_layer                 lm_head                     model.transformer.  lm_head
+                                                               ff_out
+
+Why the QKV cuts are what they are:
+- megatron's `linear_qkv` rows are grouped per query group: `[q heads of group 0, k_0, v_0,
+  q heads of group 1, k_1, v_1, ...]` (SelfAttention.get_query_key_value_tensors views the output
+  as `[.., g, (heads/g + 2) * hd]`), and query head `h` reads kv head `h // (heads/g)`.
+- hf and LLaDA keep separate q/k/v projections, q ordered by head; their GQA repeats kv head `j`
+  for query heads `j*heads/g ... (j+1)*heads/g - 1` (`repeat_kv` / `repeat_interleave`), the
+  same grouping, so a split by group is all it takes.
+- lit-gpt's `CausalSelfAttention` (SMDM is TinyLlama's lit-gpt) views `attn(x)` as
+  `(B, T, n_query_groups, q_per_kv + 2, head_size)` and splits `(q_per_kv, 1, 1)` on that axis:
+  per group `[q..., k, v]`, exactly megatron's layout, so `attn.attn` is `linear_qkv` unchanged.
+- SMDM's `LLaMAMLP` is `xformers.ops.SwiGLU(..., _pack_weights=False)`, which computes
+  `w3(silu(w1(x)) * w2(x))`: w1 = gate, w2 = up, w3 = down. LLaDA's block computes
+  `ff_out(act(ff_proj(x)) * up_proj(x))`: ff_proj = gate, up_proj = up.
+
+Vocabulary: megatron's rows beyond `n_vocab = max(tokenizer_size, mask_id + 1)` are TP padding
+that no input embeds and no output predicts; exports drop them, imports append zero rows. The
+`[MASK]` row is kept in every format because the model embeds `[MASK]` on input. Round trips are
+bit-identical (pure data movement, no dtype change); padding rows come back as zeros.
+
+Tensors returned by an export never share storage with each other (split pieces are copied), so
+the dict can go straight to `safetensors.torch.save_file`; whole tensors may be views of the
+input. Casting is the caller's business.
+
+`meta` for `config_json` (every key optional; `config_meta` builds it from an experiment config):
+tokenizer_size, mask_id, seq_length, rotary_base, norm_epsilon, init_std, objective, torch_dtype
+("float32" | "bfloat16" | ...), bos_token_id, eos_token_id, pad_token_id, name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from megatron_mdm.config import ExperimentConfig, ModelConfig
+    from megatron_mdm.model.vocab import VocabLayout
+
+Tensor = torch.Tensor
+StateDict = dict[str, Tensor]
+
+FORMATS = ("hf", "llada", "smdm")
+
+
+class LayoutError(ValueError):
+    """One line naming the tensor at fault, its expected and its found shape."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_groups: int
+    ffn_size: int
+    n_vocab: int  # rows kept on export: tokenizer ids and [MASK], no TP padding
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise LayoutError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.num_heads % self.num_kv_groups:
+            raise LayoutError(
+                f"num_heads {self.num_heads} is not divisible by num_kv_groups {self.num_kv_groups}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.num_heads // self.num_kv_groups
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, vocab: VocabLayout) -> ModelShape:
+        return cls(
+            num_layers=model.num_layers,
+            hidden_size=model.hidden_size,
+            num_heads=model.num_attention_heads,
+            num_kv_groups=model.kv_groups,
+            ffn_size=model.ffn_size,
+            n_vocab=max(vocab.tokenizer_size, vocab.mask_id + 1),
+        )
+
+
+def config_meta(cfg: ExperimentConfig, vocab: VocabLayout, **extra: Any) -> dict[str, Any]:
+    """The `meta` that `config_json` reads, from the experiment that trained the model."""
+    m = cfg.model
+    meta = {
+        "tokenizer_size": vocab.tokenizer_size,
+        "mask_id": vocab.mask_id,
+        "seq_length": m.seq_length,
+        "rotary_base": m.rotary_base,
+        "norm_epsilon": m.norm_epsilon,
+        "init_std": m.init_std,
+        "objective": m.objective,
+        "torch_dtype": "float32" if cfg.train.precision == "fp32" else "bfloat16",
+    }
+    meta.update(extra)
+    return meta
+
+
+# --------------------------------------------------------------------------- canonical names
+
+EMBEDDING = "embedding.word_embeddings.weight"
+OUTPUT = "output_layer.weight"
+FINAL_NORM = "decoder.final_layernorm.weight"
+_L = "decoder.layers.{i}."
+INPUT_NORM = _L + "input_layernorm.weight"
+QKV = _L + "self_attention.linear_qkv.weight"
+PROJ = _L + "self_attention.linear_proj.weight"
+MLP_NORM = _L + "pre_mlp_layernorm.weight"
+FC1 = _L + "mlp.linear_fc1.weight"
+FC2 = _L + "mlp.linear_fc2.weight"
+
+# Transformer Engine fuses each pre-norm into the following linear, which then owns its weight.
+_LOCAL_TO_TE = {
+    re.compile(r"^(decoder\.layers\.\d+\.)input_layernorm\.weight$"): (
+        r"\1self_attention.linear_qkv.layer_norm_weight"
+    ),
+    re.compile(r"^(decoder\.layers\.\d+\.)pre_mlp_layernorm\.weight$"): (
+        r"\1mlp.linear_fc1.layer_norm_weight"
+    ),
+}
+_TE_TO_LOCAL = {
+    re.compile(r"^(decoder\.layers\.\d+\.)self_attention\.linear_qkv\.layer_norm_weight$"): (
+        r"\1input_layernorm.weight"
+    ),
+    re.compile(r"^(decoder\.layers\.\d+\.)mlp\.linear_fc1\.layer_norm_weight$"): (
+        r"\1pre_mlp_layernorm.weight"
+    ),
+}
+
+
+def _rename(name: str, rules: dict[re.Pattern, str]) -> str:
+    for pattern, repl in rules.items():
+        new, hits = pattern.subn(repl, name)
+        if hits:
+            return new
+    return name
+
+
+def canonicalize_names(sd: Mapping[str, Any]) -> StateDict:
+    """Local-spec names for a state dict of either spec, `_extra_state` dropped.
+
+    The exporters speak only the local names, so a Transformer Engine model goes through here
+    first. `_extra_state` (TE's FP8 scaling state, None for local modules) is no weight.
+    """
+    return {_rename(k, _TE_TO_LOCAL): v for k, v in sd.items() if not k.endswith("._extra_state")}
+
+
+def to_te_names(sd: Mapping[str, Any]) -> StateDict:
+    """Transformer Engine names for a canonical state dict.
+
+    TE modules also expect `_extra_state` entries; load with `strict=False` or copy those from
+    the target model's own state dict.
+    """
+    return {_rename(k, _LOCAL_TO_TE): v for k, v in sd.items()}
+
+
+def canonical_shapes(shape: ModelShape, padded_vocab: int) -> dict[str, tuple[int, ...]]:
+    d, hd = shape.hidden_size, shape.head_dim
+    out = {EMBEDDING: (padded_vocab, d)}
+    for i in range(shape.num_layers):
+        out[INPUT_NORM.format(i=i)] = (d,)
+        out[QKV.format(i=i)] = ((shape.num_heads + 2 * shape.num_kv_groups) * hd, d)
+        out[PROJ.format(i=i)] = (d, shape.num_heads * hd)
+        out[MLP_NORM.format(i=i)] = (d,)
+        out[FC1.format(i=i)] = (2 * shape.ffn_size, d)
+        out[FC2.format(i=i)] = (d, shape.ffn_size)
+    out[FINAL_NORM] = (d,)
+    out[OUTPUT] = (padded_vocab, d)
+    return out
+
+
+def check_state_dict(
+    sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], what: str
+) -> None:
+    """Raise a one-line LayoutError on the first missing, unexpected or misshapen tensor.
+
+    One line because it surfaces as a CLI error; the first problem in model order is usually the
+    cause of the rest (a wrong layer count, a wrong size), so the count of others is enough.
+    """
+
+    def found(value) -> Any:
+        return tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
+
+    problems = []
+    for key, exp in expected.items():
+        if key not in sd:
+            problems.append(f"{key}: expected shape {exp}, found no such tensor")
+        elif found(sd[key]) != tuple(exp):
+            problems.append(f"{key}: expected shape {exp}, found {found(sd[key])}")
+    for key in sorted(set(sd) - set(expected)):
+        problems.append(f"{key}: unexpected tensor (expected none), found {found(sd[key])}")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise LayoutError(f"{what}: {problems[0]}{more}")
+
+
+def _check_canonical(c: Mapping[str, Tensor], shape: ModelShape) -> int:
+    """Validate a canonical dict whatever its padding; returns its padded vocab size."""
+    if EMBEDDING not in c:
+        raise LayoutError(
+            f"canonical state dict: {EMBEDDING}: expected shape (padded_vocab, "
+            f"{shape.hidden_size}), found no such tensor"
+        )
+    padded = max(int(c[EMBEDDING].shape[0]), shape.n_vocab)
+    check_state_dict(c, canonical_shapes(shape, padded), "canonical state dict")
+    return padded
+
+
+# --------------------------------------------------------------------------- re-cutting
+
+
+def _own(t: Tensor) -> Tensor:
+    """A contiguous copy: split pieces must not share storage (safetensors refuses aliasing)."""
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def split_qkv(qkv: Tensor, shape: ModelShape) -> tuple[Tensor, Tensor, Tensor]:
+    """megatron's grouped `linear_qkv` -> q [heads*hd, d] (by head), k, v [groups*hd, d]."""
+    g, qpg, hd = shape.num_kv_groups, shape.heads_per_group, shape.head_dim
+    w = qkv.view(g, qpg + 2, hd, qkv.shape[-1])
+    q = _own(w[:, :qpg]).view(g * qpg * hd, -1)
+    k = _own(w[:, qpg]).view(g * hd, -1)
+    v = _own(w[:, qpg + 1]).view(g * hd, -1)
+    return q, k, v
+
+
+def merge_qkv(q: Tensor, k: Tensor, v: Tensor, shape: ModelShape) -> Tensor:
+    g, qpg, hd = shape.num_kv_groups, shape.heads_per_group, shape.head_dim
+    d = q.shape[-1]
+    parts = [q.reshape(g, qpg * hd, d), k.reshape(g, hd, d), v.reshape(g, hd, d)]
+    return torch.cat(parts, dim=1).reshape(-1, d)
+
+
+def _split_fc1(fc1: Tensor) -> tuple[Tensor, Tensor]:
+    gate, up = fc1.chunk(2, dim=0)
+    return _own(gate), _own(up)
+
+
+def _strip_vocab(t: Tensor, shape: ModelShape) -> Tensor:
+    return t[: shape.n_vocab]
+
+
+def _pad_vocab(t: Tensor, padded_vocab: int) -> Tensor:
+    if padded_vocab == t.shape[0]:
+        return t
+    return torch.cat([t, t.new_zeros(padded_vocab - t.shape[0], *t.shape[1:])], dim=0)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Where each canonical piece lives in a format; `qkv` set = packed, else q/k/v split."""
+
+    embed: str
+    final_norm: str
+    head: str
+    attn_norm: str
+    o: str
+    mlp_norm: str
+    gate: str
+    up: str
+    down: str
+    q: str = ""
+    k: str = ""
+    v: str = ""
+    qkv: str = ""
+
+
+_HF = _Names(
+    embed="model.embed_tokens.weight",
+    final_norm="model.norm.weight",
+    head="lm_head.weight",
+    attn_norm="model.layers.{i}.input_layernorm.weight",
+    q="model.layers.{i}.self_attn.q_proj.weight",
+    k="model.layers.{i}.self_attn.k_proj.weight",
+    v="model.layers.{i}.self_attn.v_proj.weight",
+    o="model.layers.{i}.self_attn.o_proj.weight",
+    mlp_norm="model.layers.{i}.post_attention_layernorm.weight",
+    gate="model.layers.{i}.mlp.gate_proj.weight",
+    up="model.layers.{i}.mlp.up_proj.weight",
+    down="model.layers.{i}.mlp.down_proj.weight",
+)
+
+_LLADA = _Names(
+    embed="model.transformer.wte.weight",
+    final_norm="model.transformer.ln_f.weight",
+    head="model.transformer.ff_out.weight",
+    attn_norm="model.transformer.blocks.{i}.attn_norm.weight",
+    q="model.transformer.blocks.{i}.q_proj.weight",
+    k="model.transformer.blocks.{i}.k_proj.weight",
+    v="model.transformer.blocks.{i}.v_proj.weight",
+    o="model.transformer.blocks.{i}.attn_out.weight",
+    mlp_norm="model.transformer.blocks.{i}.ff_norm.weight",
+    gate="model.transformer.blocks.{i}.ff_proj.weight",
+    up="model.transformer.blocks.{i}.up_proj.weight",
+    down="model.transformer.blocks.{i}.ff_out.weight",
+)
+
+_SMDM = _Names(
+    embed="transformer.wte.weight",
+    final_norm="transformer.ln_f.weight",
+    head="lm_head.weight",
+    attn_norm="transformer.h.{i}.norm_1.weight",
+    qkv="transformer.h.{i}.attn.attn.weight",
+    o="transformer.h.{i}.attn.proj.weight",
+    mlp_norm="transformer.h.{i}.norm_2.weight",
+    gate="transformer.h.{i}.mlp.swiglu.w1.weight",
+    up="transformer.h.{i}.mlp.swiglu.w2.weight",
+    down="transformer.h.{i}.mlp.swiglu.w3.weight",
+)
+
+
+def _shapes(names: _Names, shape: ModelShape) -> dict[str, tuple[int, ...]]:
+    d, hd, f = shape.hidden_size, shape.head_dim, shape.ffn_size
+    out = {names.embed: (shape.n_vocab, d)}
+    for i in range(shape.num_layers):
+        out[names.attn_norm.format(i=i)] = (d,)
+        if names.qkv:
+            out[names.qkv.format(i=i)] = ((shape.num_heads + 2 * shape.num_kv_groups) * hd, d)
+        else:
+            out[names.q.format(i=i)] = (shape.num_heads * hd, d)
+            out[names.k.format(i=i)] = (shape.num_kv_groups * hd, d)
+            out[names.v.format(i=i)] = (shape.num_kv_groups * hd, d)
+        out[names.o.format(i=i)] = (d, shape.num_heads * hd)
+        out[names.mlp_norm.format(i=i)] = (d,)
+        out[names.gate.format(i=i)] = (f, d)
+        out[names.up.format(i=i)] = (f, d)
+        out[names.down.format(i=i)] = (d, f)
+    out[names.final_norm] = (d,)
+    out[names.head] = (shape.n_vocab, d)
+    return out
+
+
+def _export(names: _Names, c: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
+    _check_canonical(c, shape)
+    out = {names.embed: _strip_vocab(c[EMBEDDING], shape)}
+    for i in range(shape.num_layers):
+        out[names.attn_norm.format(i=i)] = c[INPUT_NORM.format(i=i)]
+        qkv = c[QKV.format(i=i)]
+        if names.qkv:
+            out[names.qkv.format(i=i)] = qkv
+        else:
+            q, k, v = split_qkv(qkv, shape)
+            out[names.q.format(i=i)] = q
+            out[names.k.format(i=i)] = k
+            out[names.v.format(i=i)] = v
+        out[names.o.format(i=i)] = c[PROJ.format(i=i)]
+        out[names.mlp_norm.format(i=i)] = c[MLP_NORM.format(i=i)]
+        gate, up = _split_fc1(c[FC1.format(i=i)])
+        out[names.gate.format(i=i)] = gate
+        out[names.up.format(i=i)] = up
+        out[names.down.format(i=i)] = c[FC2.format(i=i)]
+    out[names.final_norm] = c[FINAL_NORM]
+    out[names.head] = _strip_vocab(c[OUTPUT], shape)
+    return out
+
+
+def _import(
+    names: _Names, fmt: str, sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int
+) -> StateDict:
+    if padded_vocab < shape.n_vocab:
+        raise LayoutError(
+            f"{fmt}: padded_vocab {padded_vocab} is smaller than the model vocabulary "
+            f"{shape.n_vocab}"
+        )
+    check_state_dict(sd, _shapes(names, shape), f"{fmt} state dict")
+    c = {EMBEDDING: _pad_vocab(sd[names.embed], padded_vocab)}
+    for i in range(shape.num_layers):
+        c[INPUT_NORM.format(i=i)] = sd[names.attn_norm.format(i=i)]
+        if names.qkv:
+            c[QKV.format(i=i)] = sd[names.qkv.format(i=i)]
+        else:
+            q, k, v = (sd[n.format(i=i)] for n in (names.q, names.k, names.v))
+            c[QKV.format(i=i)] = merge_qkv(q, k, v, shape)
+        c[PROJ.format(i=i)] = sd[names.o.format(i=i)]
+        c[MLP_NORM.format(i=i)] = sd[names.mlp_norm.format(i=i)]
+        gate, up = sd[names.gate.format(i=i)], sd[names.up.format(i=i)]
+        c[FC1.format(i=i)] = torch.cat([gate, up], dim=0)
+        c[FC2.format(i=i)] = sd[names.down.format(i=i)]
+    c[FINAL_NORM] = sd[names.final_norm]
+    c[OUTPUT] = _pad_vocab(sd[names.head], padded_vocab)
+    return c
+
+
+def to_hf(canonical: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
+    return _export(_HF, canonical, shape)
+
+
+def from_hf(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -> StateDict:
+    return _import(_HF, "hf", sd, shape, padded_vocab)
+
+
+def to_llada(canonical: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
+    return _export(_LLADA, canonical, shape)
+
+
+def from_llada(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -> StateDict:
+    return _import(_LLADA, "llada", sd, shape, padded_vocab)
+
+
+def to_smdm(canonical: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
+    return _export(_SMDM, canonical, shape)
+
+
+def from_smdm(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -> StateDict:
+    return _import(_SMDM, "smdm", sd, shape, padded_vocab)
+
+
+# --------------------------------------------------------------------------- config.json
+
+
+def _vocab_ids(shape: ModelShape, meta: Mapping[str, Any]) -> tuple[int, int]:
+    """(tokenizer_size, mask_id); without meta, our default: [MASK] right after the tokenizer."""
+    mask_id = meta.get("mask_id")
+    tokenizer_size = meta.get("tokenizer_size")
+    if tokenizer_size is None:
+        last = mask_id is None or mask_id == shape.n_vocab - 1
+        tokenizer_size = shape.n_vocab - 1 if last else shape.n_vocab
+    if mask_id is None:
+        mask_id = tokenizer_size
+    if max(tokenizer_size, mask_id + 1) != shape.n_vocab:
+        raise LayoutError(
+            f"meta: tokenizer_size {tokenizer_size} and mask_id {mask_id} give "
+            f"{max(tokenizer_size, mask_id + 1)} vocabulary rows, the model has {shape.n_vocab}"
+        )
+    return tokenizer_size, mask_id
+
+
+def _special_ids(meta: Mapping[str, Any]) -> dict[str, int]:
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+    return {k: meta[k] for k in keys if meta.get(k) is not None}
+
+
+def hf_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """`MDMConfig` fields (convert/hf_modeling/configuration_mdm.py), loadable by AutoConfig."""
+    from megatron_mdm.convert.hf_modeling.configuration_mdm import AUTO_MAP
+
+    tokenizer_size, mask_id = _vocab_ids(shape, meta)
+    invalid = sorted({mask_id, *range(tokenizer_size, shape.n_vocab)})
+    return {
+        "architectures": ["MDMForMaskedLM"],
+        "model_type": "megatron_mdm",
+        "auto_map": dict(AUTO_MAP),
+        "vocab_size": shape.n_vocab,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.ffn_size,
+        "num_hidden_layers": shape.num_layers,
+        "num_attention_heads": shape.num_heads,
+        "num_key_value_heads": shape.num_kv_groups,
+        "head_dim": shape.head_dim,
+        "max_position_embeddings": meta.get("seq_length", 2048),
+        "rope_theta": float(meta.get("rotary_base", 10000.0)),
+        "rms_norm_eps": meta.get("norm_epsilon", 1e-5),
+        "objective": meta.get("objective", "mdm"),
+        "mask_token_id": mask_id,
+        "invalid_output_ids": invalid,
+        "initializer_range": meta.get("init_std", 0.02),
+        "tie_word_embeddings": False,
+        "torch_dtype": meta.get("torch_dtype", "float32"),
+        **_special_ids(meta),
+    }
+
+
+_LLADA_PRECISION = {"bfloat16": "amp_bf16", "float16": "amp_fp16"}
+
+
+def llada_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """LLaDA-8B's config.json keys (OLMo-derived `LLaDAConfig`) with this model's values.
+
+    Keys kept at LLaDA-8B's values because they describe what this stack also computes: no
+    biases, RMSNorm with affine weight and no bias, rotary on (full precision), no ALiBi, no
+    qk-norm, untied head, "llama" block (separate q/k/v, SwiGLU as ff_proj/up_proj/ff_out).
+    `vocab_size` and `embedding_size` are both the exported row count (padding stripped): LLaDA
+    sizes wte/ff_out by `embedding_size`. `init_*` only matter for training from scratch.
+    `auto_map` names LLaDA's own remote-code files (configuration_llada.py, modeling_llada.py),
+    which the exporter must ship next to this config for `trust_remote_code` loading.
+    """
+    if meta.get("objective", "mdm") != "mdm":
+        raise LayoutError("llada: the LLaDA layout holds masked diffusion models only (objective)")
+    _, mask_id = _vocab_ids(shape, meta)
+    dtype = meta.get("torch_dtype", "float32")
+    return {
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "auto_map": {
+            "AutoConfig": "configuration_llada.LLaDAConfig",
+            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+            "AutoModel": "modeling_llada.LLaDAModelLM",
+        },
+        "activation_type": "silu",
+        "alibi": False,
+        "alibi_bias_max": 8.0,
+        "attention_dropout": 0.0,
+        "attention_layer_norm": False,
+        "attention_layer_norm_with_affine": True,
+        "bias_for_layer_norm": False,
+        "block_group_size": 1,
+        "block_type": "llama",
+        "d_model": shape.hidden_size,
+        "embedding_dropout": 0.0,
+        "embedding_size": shape.n_vocab,
+        "flash_attention": False,
+        "include_bias": False,
+        "include_qkv_bias": False,
+        "init_cutoff_factor": None,
+        "init_device": "meta",
+        "init_fn": "mitchell",
+        "init_std": meta.get("init_std", 0.02),
+        "input_emb_norm": False,
+        "layer_norm_type": "rms",
+        "layer_norm_with_affine": True,
+        "mask_token_id": mask_id,
+        "max_sequence_length": meta.get("seq_length", 4096),
+        "mlp_hidden_size": shape.ffn_size,
+        "mlp_ratio": max(1, round(shape.ffn_size / shape.hidden_size)),
+        "multi_query_attention": None,
+        "n_heads": shape.num_heads,
+        "n_kv_heads": shape.num_kv_groups,
+        "n_layers": shape.num_layers,
+        "precision": _LLADA_PRECISION.get(dtype, "fp32"),
+        "residual_dropout": 0.0,
+        "rms_norm_eps": meta.get("norm_epsilon", 1e-5),
+        "rope": True,
+        "rope_full_precision": True,
+        "rope_theta": float(meta.get("rotary_base", 10000.0)),
+        "scale_logits": False,
+        "torch_dtype": dtype,
+        "use_cache": False,
+        "vocab_size": shape.n_vocab,
+        "weight_tying": False,
+        **_special_ids(meta),
+    }
+
+
+def smdm_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Exactly the fields of SMDM's lit-gpt `Config`, so `Config(**json.load(f))` works.
+
+    lit-gpt sizes wte/lm_head by `padded_vocab_size` (= the exported rows here) and SMDM's
+    scripts take `[MASK]` = `vocab_size`, which holds for our default mask id (right after the
+    tokenizer). Its RoPE base is hard-coded to 10000, so other bases cannot be expressed.
+    """
+    base = float(meta.get("rotary_base", 10000.0))
+    if base != 10000.0:
+        raise LayoutError(
+            f"smdm: lit-gpt's RoPE base is fixed at 10000, this model uses rotary_base {base:g}"
+        )
+    tokenizer_size, _ = _vocab_ids(shape, meta)
+    return {
+        "org": "megatron-mdm",
+        "name": meta.get("name", "megatron-mdm"),
+        "block_size": meta.get("seq_length", 2048),
+        "vocab_size": tokenizer_size,
+        "padding_multiple": 64,
+        "padded_vocab_size": shape.n_vocab,
+        "n_layer": shape.num_layers,
+        "n_head": shape.num_heads,
+        "n_embd": shape.hidden_size,
+        "rotary_percentage": 1.0,
+        "parallel_residual": False,
+        "bias": False,
+        "n_query_groups": shape.num_kv_groups,
+        "shared_attention_norm": False,
+        "_norm_class": "FusedRMSNorm",
+        "norm_eps": meta.get("norm_epsilon", 1e-5),
+        "_mlp_class": "LLaMAMLP",
+        "intermediate_size": shape.ffn_size,
+        "condense_ratio": 1,
+    }
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    export: Callable[[Mapping[str, Tensor], ModelShape], StateDict]
+    import_: Callable[[Mapping[str, Tensor], ModelShape, int], StateDict]
+    config_json: Callable[[ModelShape, Mapping[str, Any]], dict[str, Any]]
+    shapes: Callable[[ModelShape], dict[str, tuple[int, ...]]]  # exported key -> shape
+
+
+LAYOUTS: dict[str, Layout] = {
+    "hf": Layout("hf", to_hf, from_hf, hf_config, lambda s: _shapes(_HF, s)),
+    "llada": Layout("llada", to_llada, from_llada, llada_config, lambda s: _shapes(_LLADA, s)),
+    "smdm": Layout("smdm", to_smdm, from_smdm, smdm_config, lambda s: _shapes(_SMDM, s)),
+}
+
+
+def get_layout(name: str) -> Layout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise LayoutError(
+            f"unknown layout {name!r}; expected one of {', '.join(FORMATS)}"
+        ) from None

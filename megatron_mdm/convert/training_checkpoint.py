@@ -1,0 +1,227 @@
+"""Training checkpoints as full (unpartitioned) state dicts, and back.
+
+Reading gathers every TP shard and PP stage of a DeepSpeed checkpoint written by `mdm train`
+into the canonical state dict: the TP=1, PP=1 megatron-core names and shapes (`model.sharding`
+knows how each tensor is split). Model-state files load with `torch.load(weights_only=True)`.
+`--fp32-master` (and any ZeRO-3 checkpoint, whose module files hold no weights) reads the fp32
+master weights from the ZeRO shards through DeepSpeed's own `zero_to_fp32`, one model-parallel
+rank at a time, after checking with a weights-only load that the shards hold nothing but tensors,
+containers and three known DeepSpeed data classes (DeepSpeed's own reader unpickles freely).
+
+Writing produces a weights-only checkpoint at any TP/PP (`mdm convert import`/`reshard`), in the
+same file layout, which `checkpoint.resume=PATH` and `train.init_from=PATH` accept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from megatron_mdm.config import from_dict
+from megatron_mdm.model import sharding
+from megatron_mdm.training.checkpoint import LATEST, META, read_meta, resolve_checkpoint, tag_for
+
+MODEL_STATES = "mp_rank_{:02d}_model_states.pt"
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+
+
+class CheckpointError(ValueError):
+    """One line naming the file (and tensor) at fault."""
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    try:
+        found = resolve_checkpoint(path)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    if found is None:
+        raise CheckpointError(f"{path}: not a checkpoint (no {META}, no {LATEST})")
+    return found
+
+
+def model_parallel_rank(pp_rank: int, tp_rank: int, tp: int) -> int:
+    """DeepSpeed names model-state files by this rank (see `parallel.mpu.MegatronMPU`)."""
+    return pp_rank * tp + tp_rank
+
+
+def _zero_shard_globals() -> list:
+    """The non-tensor classes DeepSpeed pickles into ZeRO optimizer shards: plain data (an enum,
+    the loss-scaler settings, fragment addresses). Allowing exactly these keeps the unpickler
+    closed to anything else."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, fragment_address]
+
+
+def _load_tensors(path: Path, allowed_globals: list = ()) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing shard")
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot be read as tensors ({first})") from None
+
+
+def _layers_per_stage(meta: dict) -> int:
+    return meta["config"]["model"]["num_layers"] // meta["parallel"]["pipeline"]
+
+
+def _module_states(ckpt: Path, meta: dict) -> list[list[dict]]:
+    """[pp][tp] -> the `module` state dict of that rank."""
+    tp, pp = meta["parallel"]["tensor"], meta["parallel"]["pipeline"]
+    return [
+        [
+            _load_tensors(ckpt / MODEL_STATES.format(model_parallel_rank(p, t, tp)))["module"]
+            for t in range(tp)
+        ]
+        for p in range(pp)
+    ]
+
+
+def _fp32_master_states(ckpt: Path, meta: dict) -> list[list[dict]]:
+    """fp32 master weights from the ZeRO optimizer shards, per model-parallel rank."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    tp, pp = meta["parallel"]["tensor"], meta["parallel"]["pipeline"]
+    out = []
+    for p in range(pp):
+        row = []
+        for t in range(tp):
+            mp = model_parallel_rank(p, t, tp)
+            files = sorted(ckpt.glob(f"*mp_rank_{mp:02d}_*states.pt"))
+            optim = [f for f in files if f.name.endswith("optim_states.pt")]
+            if not optim:
+                raise CheckpointError(
+                    f"{ckpt}: no ZeRO optimizer shards for model-parallel rank {mp} "
+                    "(--fp32-master needs a checkpoint trained with parallel.zero_stage >= 1)"
+                )
+            # DeepSpeed's reader unpickles freely: first prove each shard holds only tensors,
+            # containers and the few DeepSpeed data classes above.
+            for f in optim:
+                _load_tensors(f, _zero_shard_globals())
+            with tempfile.TemporaryDirectory() as staging:
+                tag_dir = Path(staging) / "tag"
+                tag_dir.mkdir()
+                for f in files:
+                    os.symlink(f.resolve(), tag_dir / f.name)
+                row.append(get_fp32_state_dict_from_zero_checkpoint(staging, tag="tag"))
+        out.append(row)
+    return out
+
+
+def load_canonical(path: str | Path, fp32_master: bool = False) -> tuple[dict, dict, Path]:
+    """(canonical state dict, meta, checkpoint dir) of a training checkpoint."""
+    ckpt = find_checkpoint(path)
+    meta = read_meta(ckpt)
+    zero3 = meta["config"]["parallel"]["zero_stage"] == 3 and not meta.get("weights_only")
+    if fp32_master or zero3:
+        states = _fp32_master_states(ckpt, meta)
+    else:
+        states = _module_states(ckpt, meta)
+    offset = _layers_per_stage(meta)
+    full: dict[str, torch.Tensor] = {}
+    for p, stage in enumerate(states):
+        names = [n for n in stage[0] if not n.endswith("_extra_state")]
+        for name in names:
+            shards = []
+            for t, rank_state in enumerate(stage):
+                if name not in rank_state:
+                    mp = model_parallel_rank(p, t, len(stage))
+                    raise CheckpointError(
+                        f"{ckpt / MODEL_STATES.format(mp)}: missing tensor {name}"
+                    )
+                shards.append(rank_state[name])
+            full[sharding.global_name(name, p * offset)] = sharding.unshard(name, shards)
+    return full, meta, ckpt
+
+
+def shard_for_rank(
+    canonical: dict, tp_rank: int, tp: int, pp_rank: int, pp: int, num_layers: int
+) -> dict:
+    """The local state dict of one (TP, PP) rank: this stage's layers, renumbered, TP-sliced."""
+    per_stage = num_layers // pp
+    first, last = pp_rank * per_stage, (pp_rank + 1) * per_stage
+    local = {}
+    for name, tensor in canonical.items():
+        match = _LAYER.match(name)
+        if match:
+            layer = int(match.group(1))
+            if not first <= layer < last:
+                continue
+            local_name = f"decoder.layers.{layer - first}." + name[match.end() :]
+        elif name.startswith("embedding."):
+            if pp_rank != 0:
+                continue
+            local_name = name
+        elif name.startswith(("decoder.final_layernorm.", "output_layer.")):
+            if pp_rank != pp - 1:
+                continue
+            local_name = name
+        else:
+            local_name = name
+        local[local_name] = sharding.shard(name, tensor, tp_rank, tp).clone()
+    return local
+
+
+def write_weights_checkpoint(
+    canonical: dict,
+    meta: dict,
+    out_dir: str | Path,
+    tp: int,
+    pp: int,
+    progress=None,
+    populate=None,
+) -> Path:
+    """A weights-only training checkpoint at TP=tp, PP=pp under `out_dir/checkpoints/`.
+
+    The folder is built under a temporary name next to `out_dir` and renamed into place, so a
+    failure leaves nothing under the final name."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise CheckpointError(f"{out_dir}: already exists (refusing to overwrite)")
+    config = dict(meta["config"])
+    config["parallel"] = {**config["parallel"], "tensor": tp, "pipeline": pp}
+    if pp > 1 and config["parallel"]["zero_stage"] > 1:
+        config["parallel"]["zero_stage"] = 1
+    config["train"] = {**config["train"], "output_dir": str(out_dir)}
+    cfg = from_dict(config, source=str(out_dir))  # validates tp/pp against the model
+    num_layers = cfg.model.num_layers
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    try:
+        step = int(meta.get("step", 0))
+        tag_dir = staging / "checkpoints" / tag_for(step)
+        tag_dir.mkdir(parents=True)
+        for p in range(pp):
+            for t in range(tp):
+                local = shard_for_rank(canonical, t, tp, p, pp, num_layers)
+                torch.save(
+                    {"module": local}, tag_dir / MODEL_STATES.format(model_parallel_rank(p, t, tp))
+                )
+                if progress is not None:
+                    progress.update(1)
+        new_meta = {
+            **meta,
+            "config": config,
+            "parallel": {"tensor": tp, "pipeline": pp},
+            "weights_only": True,
+        }
+        (tag_dir / META).write_text(yaml.safe_dump(new_meta, sort_keys=False))
+        (staging / "checkpoints" / LATEST).write_text(tag_for(step))
+        if populate is not None:  # extra files (e.g. the tokenizer) inside the atomic folder
+            populate(staging)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / "checkpoints" / tag_for(step)

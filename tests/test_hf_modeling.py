@@ -1,0 +1,232 @@
+"""The modeling code shipped inside exported checkpoints: it must load through transformers'
+remote-code path and compute exactly the architecture megatron-mdm trains (checked against an
+independent re-computation written here from the formulas, not from the module)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+from megatron_mdm.convert.hf_modeling import MODELING_FILES
+from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
+from megatron_mdm.convert.hf_modeling.modeling_mdm import MDMForMaskedLM
+
+VOCAB = 37  # 36 tokenizer ids + [MASK]
+MASK = 36
+
+
+def tiny_config(objective="mdm", kv_heads=4, **kw) -> MDMConfig:
+    args = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        rope_theta=10000.0,
+        mask_token_id=MASK,
+        eos_token_id=1,
+        objective=objective,
+        initializer_range=0.2,
+    )
+    args.update(kw)
+    return MDMConfig(**args)
+
+
+def tiny_model(config: MDMConfig, seed: int = 0) -> MDMForMaskedLM:
+    torch.manual_seed(seed)
+    model = MDMForMaskedLM(config).eval()
+    with torch.no_grad():  # non-trivial norm weights, so that the check sees them
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    return model
+
+
+def ids(batch=2, seq=9, seed=1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, VOCAB - 1, (batch, seq), generator=g)
+    x[:, ::3] = MASK
+    return x
+
+
+def reference_logits(sd: dict, cfg: MDMConfig, input_ids: torch.Tensor) -> torch.Tensor:
+    """One forward pass in float64 from the state dict, using the pairwise (complex) form of
+    rotate-half RoPE and an explicit softmax, so nothing is shared with the module's code."""
+    w = {k: v.double() for k, v in sd.items()}
+    nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    b, n = input_ids.shape
+    half = hd // 2
+
+    def rms(x, weight):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps) * weight
+
+    # pair (i, i + hd/2) rotates by angle pos * theta^(-2i/hd)
+    freqs = torch.tensor(
+        [cfg.rope_theta ** (-2.0 * i / hd) for i in range(half)], dtype=torch.float64
+    )
+    angle = torch.arange(n, dtype=torch.float64)[:, None] * freqs[None, :]
+    rot = torch.polar(torch.ones_like(angle), angle)  # [n, half]
+
+    def rope(x):  # x [b, n, heads, hd]
+        z = torch.complex(x[..., :half], x[..., half:]) * rot[None, :, None, :]
+        return torch.cat([z.real, z.imag], dim=-1)
+
+    h = w["model.embed_tokens.weight"][input_ids]
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        x = rms(h, w[p + "input_layernorm.weight"])
+        q = rope((x @ w[p + "self_attn.q_proj.weight"].T).view(b, n, nh, hd))
+        k = rope((x @ w[p + "self_attn.k_proj.weight"].T).view(b, n, nkv, hd))
+        v = (x @ w[p + "self_attn.v_proj.weight"].T).view(b, n, nkv, hd)
+        heads = []
+        for head in range(nh):
+            g = head // (nh // nkv)
+            s = torch.einsum("bqd,bkd->bqk", q[:, :, head], k[:, :, g]) / math.sqrt(hd)
+            if cfg.objective == "arm":
+                s = s.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
+            heads.append(torch.softmax(s, dim=-1) @ v[:, :, g])
+        attn = torch.cat(heads, dim=-1)
+        h = h + attn @ w[p + "self_attn.o_proj.weight"].T
+        x = rms(h, w[p + "post_attention_layernorm.weight"])
+        gate = x @ w[p + "mlp.gate_proj.weight"].T
+        up = x @ w[p + "mlp.up_proj.weight"].T
+        h = h + (gate * torch.sigmoid(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+    logits = rms(h, w["model.norm.weight"]) @ w["lm_head.weight"].T
+    logits[..., cfg.invalid_output_ids] = float("-inf")
+    return logits
+
+
+def export_folder(model: MDMForMaskedLM, path) -> None:
+    model.save_pretrained(path)
+    for f in MODELING_FILES:
+        shutil.copy(f, path / f.name)
+
+
+def test_remote_code_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    model = tiny_model(tiny_config(kv_heads=2))
+    folder = tmp_path / "export"
+    export_folder(model, folder)
+
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["model_type"] == "megatron_mdm"
+    assert meta["auto_map"] == {
+        "AutoConfig": "configuration_mdm.MDMConfig",
+        "AutoModel": "modeling_mdm.MDMModel",
+        "AutoModelForMaskedLM": "modeling_mdm.MDMForMaskedLM",
+    }
+    assert meta["objective"] == "mdm" and meta["invalid_output_ids"] == [MASK]
+
+    cfg = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    assert cfg.num_key_value_heads == 2 and cfg.tie_word_embeddings is False
+    loaded, info = AutoModelForMaskedLM.from_pretrained(
+        folder, trust_remote_code=True, output_loading_info=True
+    )
+    # loaded through the copied files, not through the installed package
+    assert not type(loaded).__module__.startswith("megatron_mdm")
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x).logits, model(x).logits, rtol=0, atol=0)
+
+    body = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            body(x).last_hidden_state, model.model(x).last_hidden_state, rtol=0, atol=0
+        )
+
+
+@pytest.mark.parametrize("objective", ["mdm", "arm"])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_matches_independent_reference(objective, kv_heads):
+    cfg = tiny_config(objective, kv_heads=kv_heads)
+    model = tiny_model(cfg)
+    assert model.model.layers[0].self_attn.k_proj.weight.shape == (kv_heads * 8, 32)
+    x = ids()
+    with torch.no_grad():
+        got = model(x).logits
+    want = reference_logits(model.state_dict(), cfg, x).float()
+    assert got.dtype == torch.float32 and got.shape == (2, 9, VOCAB)
+    assert got.abs()[torch.isfinite(got)].max() > 1.0  # the comparison is not between ~zeros
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_state_dict_names():
+    model = tiny_model(tiny_config(kv_heads=2))
+    names = set(model.state_dict())
+    expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        expected |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+        expected |= {p + f"self_attn.{n}_proj.weight" for n in "qkvo"}
+        expected |= {p + f"mlp.{n}_proj.weight" for n in ("gate", "up", "down")}
+    assert names == expected
+
+
+@pytest.mark.parametrize("objective", ["mdm", "arm"])
+def test_bidirectional_vs_causal(objective):
+    model = tiny_model(tiny_config(objective))
+    x = ids(batch=1)
+    y = x.clone()
+    y[0, -1] = (x[0, -1] + 1) % (VOCAB - 1)
+    with torch.no_grad():
+        a, b = model(x).logits, model(y).logits
+    changed = not torch.equal(a[0, 0], b[0, 0])
+    assert changed == (objective == "mdm")
+
+
+def test_invalid_output_ids_and_labels():
+    model = tiny_model(tiny_config(invalid_output_ids=[MASK, 3]))
+    x = ids()
+    labels = torch.full_like(x, -100)
+    labels[:, 1] = 5
+    labels[:, 4] = 7
+    with torch.no_grad():
+        out = model(x, labels=labels)
+    logits = out.logits
+    assert torch.isneginf(logits[..., [3, MASK]]).all()
+    keep = [i for i in range(VOCAB) if i not in (3, MASK)]
+    assert torch.isfinite(logits[..., keep]).all()
+    picked = logits[labels != -100]
+    want = torch.nn.functional.cross_entropy(picked, labels[labels != -100])
+    torch.testing.assert_close(out.loss, want)
+
+
+def test_default_invalid_ids_is_the_mask_id():
+    cfg = MDMConfig(
+        vocab_size=11,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    assert cfg.mask_token_id == 10 and cfg.invalid_output_ids == [10] and cfg.head_dim == 8
+    with pytest.raises(ValueError):
+        MDMConfig(objective="bert")
+    with pytest.raises(ValueError):
+        MDMConfig(num_attention_heads=4, num_key_value_heads=3, hidden_size=32)
+
+
+@pytest.mark.parametrize("objective", ["mdm", "arm"])
+def test_padding_mask_hides_padded_keys(objective):
+    """Right padding with attention_mask gives the unpadded sequence's logits at real positions."""
+    model = tiny_model(tiny_config(objective, kv_heads=2))
+    x = ids(batch=1, seq=6)
+    padded = torch.cat([x, torch.full((1, 3), 1)], dim=1)
+    mask = torch.tensor([[1] * 6 + [0] * 3])
+    with torch.no_grad():
+        want = model(x).logits
+        got = model(padded, attention_mask=mask).logits
+        unmasked = model(padded).logits
+    torch.testing.assert_close(got[:, :6], want, rtol=0, atol=1e-5)
+    assert torch.isfinite(got[..., :MASK]).all()
+    if objective == "mdm":
+        assert not torch.allclose(unmasked[:, :6], want, atol=1e-5)
