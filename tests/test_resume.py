@@ -81,3 +81,53 @@ def test_explicit_resume_path_and_none(tmp_path):
         ]
     )
     assert "resumed" not in fresh.stdout + fresh.stderr
+
+
+def test_sigterm_checkpoints_exits_zero_and_resume_continues_exactly(tmp_path):
+    """SIGTERM mid-run (as Slurm sends before pre-emption): the step finishes, a checkpoint is
+    written, the process exits 0, and a resumed run reproduces the uninterrupted loss curve."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, subprocess_env
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    steps = ["train.max_steps=8", "checkpoint.save_interval=0"]
+    run_mdm(["train", QUICKSTART, *COMMON, *steps, f"train.output_dir={straight}"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "megatron_mdm.cli",
+            "train",
+            QUICKSTART,
+            *COMMON,
+            *steps,
+            f"train.output_dir={split}",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    metrics = split / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 2
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "received SIGTERM" in out
+    stopped_at = len(read_metrics(split))
+    assert 2 <= stopped_at < 8
+    latest = (split / "checkpoints" / "latest").read_text()
+    assert latest == f"step_{stopped_at:07d}"
+    run_mdm(["train", QUICKSTART, *COMMON, *steps, f"train.output_dir={split}"])
+    a, b = read_metrics(straight), read_metrics(split)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]

@@ -18,6 +18,7 @@ from megatron_mdm.parallel.distributed import ParallelContext, init_distributed,
 from megatron_mdm.training import checkpoint as ckpt
 from megatron_mdm.training.flops import flops_per_token, peak_tflops_per_device, total_params
 from megatron_mdm.training.metrics import MetricsWriter
+from megatron_mdm.training.preemption import PreemptionWatcher
 from megatron_mdm.training.schedule import lr_at
 
 
@@ -58,6 +59,7 @@ class Trainer:
         if resume_from is not None:
             kind = "weights only, fresh optimizer" if weights_only else "full state"
             self._say(f"resumed from {resume_from} at step {self.step} ({kind})")
+        self.preemption = PreemptionWatcher()  # armed by run_training around train()
         self.metrics = None
         if ctx.is_logging_rank:
             self.metrics = MetricsWriter(cfg.train.output_dir, cfg.logging.tensorboard, self.step)
@@ -197,11 +199,21 @@ class Trainer:
                     self.metrics.write({"step": self.step, "val_loss": val})
                 self._say(f"step {self.step:>6} | validation loss {val:.4f}")
             interval = cfg.checkpoint.save_interval
+            saved = False
             if interval > 0 and self.step % interval == 0 and self.step < t.max_steps:
                 self.save()
+                saved = True
+            if self.step < t.max_steps and self.preemption.should_stop(ctx.device):
+                self._say(
+                    f"received {self.preemption.name}: checkpointing step {self.step}, exiting"
+                )
+                if not saved:
+                    self.save()
+                break
+        else:
+            if cfg.checkpoint.save_at_end:
+                self.save()
         bar.close()
-        if cfg.checkpoint.save_at_end:
-            self.save()
         if self.metrics is not None:
             self.metrics.close()
 
@@ -213,6 +225,8 @@ def run_training(cfg: ExperimentConfig) -> None:
     torch.manual_seed(cfg.train.seed)
     ctx = init_distributed(cfg)
     try:
-        Trainer(cfg, ctx).train()
+        trainer = Trainer(cfg, ctx)
+        with trainer.preemption:
+            trainer.train()
     finally:
         shutdown()
