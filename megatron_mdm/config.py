@@ -90,6 +90,11 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128
     norm_epsilon: float = 1e-5
     init_std: float = 0.02
+    # Local spec core attention: "sdpa" (torch scaled_dot_product_attention: flash/efficient
+    # kernels on GPU) or "unfused" (megatron's DotProductAttention). TE uses its own.
+    attention_backend: str = "sdpa"
+    recompute: str = "none"  # activation checkpointing: none | full | selective (core attention)
+    sequence_parallel: bool = False  # with TP, Transformer Engine only
 
     @property
     def kv_groups(self) -> int:
@@ -138,6 +143,7 @@ class TrainConfig:
     # Weights only (fresh optimizer, step 0): a training checkpoint or an exported hf/llada/smdm
     # folder, at any TP/PP. For fine-tuning and continued pretraining from converted weights.
     init_from: str | None = None
+    fp8_recipe: str = "delayed"  # precision=fp8 (TE): delayed | current (per-tensor) scaling
 
     @property
     def decay_steps(self) -> int:
@@ -489,6 +495,16 @@ def validate(cfg: ExperimentConfig) -> None:
     non_negative("model.mask_token_id", m.mask_token_id)
     choice("model.objective", m.objective, ("mdm", "arm"))
     choice("model.transformer_impl", m.transformer_impl, ("local", "transformer_engine"))
+    choice("model.attention_backend", m.attention_backend, ("sdpa", "unfused"))
+    choice("model.recompute", m.recompute, ("none", "full", "selective"))
+    if m.sequence_parallel and m.transformer_impl != "transformer_engine":
+        fail(
+            "model.sequence_parallel",
+            "needs model.transformer_impl=transformer_engine (megatron-core's local norms do "
+            "not support sequence parallelism)",
+        )
+    if m.sequence_parallel and cfg.parallel.tensor == 1:
+        fail("model.sequence_parallel", "needs parallel.tensor > 1 (it splits TP activations)")
     if m.hidden_size % m.num_attention_heads:
         fail(
             "model.hidden_size",
@@ -576,6 +592,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if t.eval_interval > 0 and t.eval_iters < 1:
         fail("train.eval_iters", "must be >= 1 when train.eval_interval > 0")
     choice("train.precision", t.precision, ("fp32", "bf16", "fp8"))
+    choice("train.fp8_recipe", t.fp8_recipe, ("delayed", "current"))
     if t.precision == "fp8" and m.transformer_impl != "transformer_engine":
         fail("train.precision", "fp8 requires model.transformer_impl=transformer_engine")
     if not t.output_dir:

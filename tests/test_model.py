@@ -113,3 +113,19 @@ def test_vocab_padding_independent_of_tp():
     assert sizes == {384}
     llada_like = VocabLayout.build(126464, 126336, 128, 8)
     assert llada_like.mask_id == 126336 and 126336 in llada_like.invalid_output_ids()
+
+
+@pytest.mark.parametrize("objective", ["mdm", "arm"])
+def test_sdpa_attention_matches_megatron_unfused_attention(single_rank_world, objective):
+    from megatron_mdm.model.builder import build_model
+
+    x = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(5))
+    logits = {}
+    for backend in ("sdpa", "unfused"):
+        cfg = load_config(
+            None, [*TINY, f"model.objective={objective}", f"model.attention_backend={backend}"]
+        )
+        model = build_model(cfg, VocabLayout.build(100, None, 64, 1), on_gpu=False).eval()
+        with torch.no_grad():
+            logits[backend] = model(x)[..., :100]
+    torch.testing.assert_close(logits["sdpa"], logits["unfused"], rtol=1e-5, atol=1e-5)

@@ -30,13 +30,18 @@ COMMON = [
     "checkpoint.save_at_end=false",
 ]
 
+# name -> (overrides, processes). The one-process cases change how the same math is computed
+# (activation recomputation, megatron's unfused attention instead of SDPA).
 CASES = {
-    "tp2": ["parallel.tensor=2"],
-    "pp2": ["parallel.pipeline=2"],
-    "pp2_zero1": ["parallel.pipeline=2", "parallel.zero_stage=1"],
-    "zero1_dp2": ["parallel.zero_stage=1"],
-    "zero2_dp2": ["parallel.zero_stage=2"],
-    "zero3_dp2": ["parallel.zero_stage=3"],
+    "tp2": (["parallel.tensor=2"], 2),
+    "pp2": (["parallel.pipeline=2"], 2),
+    "pp2_zero1": (["parallel.pipeline=2", "parallel.zero_stage=1"], 2),
+    "zero1_dp2": (["parallel.zero_stage=1"], 2),
+    "zero2_dp2": (["parallel.zero_stage=2"], 2),
+    "zero3_dp2": (["parallel.zero_stage=3"], 2),
+    "tp2_recompute_full": (["parallel.tensor=2", "model.recompute=full"], 2),
+    "recompute_selective": (["model.recompute=selective"], 1),
+    "unfused_attention": (["model.attention_backend=unfused"], 1),
 }
 
 
@@ -49,7 +54,8 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_process_layout_matches_single_process(case, reference, tmp_path):
-    run_mdm(["train", QUICKSTART, *COMMON, *CASES[case], f"train.output_dir={tmp_path}"], nproc=2)
+    overrides, nproc = CASES[case]
+    run_mdm(["train", QUICKSTART, *COMMON, *overrides, f"train.output_dir={tmp_path}"], nproc=nproc)
     want_train, want_val = reference
     got = read_metrics(tmp_path)
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))

@@ -16,6 +16,29 @@ from megatron_mdm.model.vocab import VocabLayout
 PARAMS_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
 
+def recompute_settings(recompute: str) -> dict:
+    """Activation checkpointing: `full` recomputes each layer in backward (uniform, 1 layer per
+    chunk); `selective` recomputes only core attention, the memory-heavy, FLOP-light part."""
+    if recompute == "full":
+        return {
+            "recompute_granularity": "full",
+            "recompute_method": "uniform",
+            "recompute_num_layers": 1,
+        }
+    if recompute == "selective":
+        return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    return {}
+
+
+def fp8_settings(cfg: ExperimentConfig) -> dict:
+    """Transformer Engine FP8 (config validation guarantees TE for precision=fp8): hybrid format
+    (E4M3 forward, E5M2 gradients), delayed scaling or per-tensor current scaling."""
+    if cfg.train.precision != "fp8":
+        return {}
+    recipe = {"delayed": "delayed", "current": "tensorwise"}[cfg.train.fp8_recipe]
+    return {"fp8": "hybrid", "fp8_recipe": recipe}
+
+
 def transformer_config(cfg: ExperimentConfig, on_gpu: bool) -> TransformerConfig:
     m, par = cfg.model, cfg.parallel
     dtype = PARAMS_DTYPE[cfg.train.precision]
@@ -48,6 +71,9 @@ def transformer_config(cfg: ExperimentConfig, on_gpu: bool) -> TransformerConfig
         gradient_accumulation_fusion=False,
         apply_rope_fusion=False,
         batch_p2p_comm=on_gpu,
+        sequence_parallel=m.sequence_parallel,
+        **recompute_settings(m.recompute),
+        **fp8_settings(cfg),
     )
     # Cropped micro-batches (diffusion.var_len_prob) change the sequence length, so pipeline
     # stages must exchange shapes. Set after __post_init__, whose check of this flag concerns only
@@ -60,7 +86,9 @@ def build_model(cfg: ExperimentConfig, vocab: VocabLayout, on_gpu: bool) -> Mask
     tconfig = transformer_config(cfg, on_gpu)
     model = MaskedDiffusionLM(
         config=tconfig,
-        transformer_layer_spec=layer_spec(cfg.model.transformer_impl, cfg.model.objective),
+        transformer_layer_spec=layer_spec(
+            cfg.model.transformer_impl, cfg.model.objective, cfg.model.attention_backend
+        ),
         vocab=vocab,
         objective=cfg.model.objective,
         max_sequence_length=cfg.model.seq_length,

@@ -34,7 +34,7 @@ def attention_mask_type(objective: str):
     return AttnMaskType.causal if objective == "arm" else AttnMaskType.no_mask
 
 
-def layer_spec(transformer_impl: str, objective: str):
+def layer_spec(transformer_impl: str, objective: str, attention_backend: str = "sdpa"):
     from megatron.core.models.gpt import gpt_layer_specs
 
     if transformer_impl == "transformer_engine":
@@ -44,5 +44,9 @@ def layer_spec(transformer_impl: str, objective: str):
     else:
         spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     spec = copy.deepcopy(spec)
+    if transformer_impl == "local" and attention_backend == "sdpa":
+        from megatron_mdm.model.sdpa_attention import SDPAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
     spec.submodules.self_attention.params["attn_mask_type"] = attention_mask_type(objective)
     return spec

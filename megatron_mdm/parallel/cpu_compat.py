@@ -10,7 +10,10 @@ megatron-core assumes a GPU in a handful of places that our code path reaches:
 3. ``transformer.utils.get_default_causal_mask`` building the causal mask with ``device="cuda"``;
 4. ``torch.zeros(..., device="cuda")`` token counters in ``pipeline_parallel.schedules``;
 5. ``torch.cuda.synchronize()`` after p2p exchanges (unconditional when pipeline stages exchange
-   shapes for variable sequence lengths); with no device there is nothing to wait for.
+   shapes for variable sequence lengths); with no device there is nothing to wait for;
+6. the CUDA generator state saved and restored around activation checkpointing
+   (``tensor_parallel.random._get/_set_cuda_rng_state``): with no device there is no CUDA
+   generator, so the state is empty (megatron saves the CPU generator separately).
 
 On a machine without CUDA each of these would raise, so redirecting them to the CPU changes no
 behaviour that could otherwise run. Nothing here is applied when CUDA is available: on GPUs the
@@ -44,6 +47,7 @@ def apply_cpu_compat() -> bool:
     torch.cuda.synchronize = lambda device=None: None  # (5)
     _patch_causal_mask()  # (3)
     _patch_schedules()  # (4)
+    _patch_cuda_rng_state()  # (6)
     _APPLIED = True
     return True
 
@@ -81,6 +85,13 @@ def _patch_schedules() -> None:
     from megatron.core.pipeline_parallel import schedules
 
     schedules.torch = _CpuDeviceTorch()
+
+
+def _patch_cuda_rng_state() -> None:
+    from megatron.core.tensor_parallel import random as mp_random
+
+    mp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.empty(0, dtype=torch.uint8)
+    mp_random._set_cuda_rng_state = lambda *args, **kwargs: None
 
 
 def seed_model_parallel_rng(seed: int) -> None:
