@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train = tok_sub.add_parser("train", help="train a sentencepiece tokenizer")
     add_tokenizer_train_arguments(tok_train)
     tok_train.set_defaults(func=run_tokenizer_train_args)
+    from megatron_mdm.config_show import add_config_show_arguments, run_config_show_args
+
+    cfg_cmd = sub.add_parser("config", help="inspect experiment configs")
+    cfg_sub = cfg_cmd.add_subparsers(dest="config_command", required=True)
+    show = cfg_sub.add_parser(
+        "show", help="resolved config, parameter counts, FLOPs and memory per GPU"
+    )
+    add_config_show_arguments(show)
+    show.set_defaults(func=run_config_show_args)
     return parser
 
 

@@ -62,6 +62,17 @@ def run_mdm(args: list[str], nproc: int = 1, timeout: int = 600, check: bool = T
     return proc
 
 
+def run_cli(*args, timeout: int = 120) -> subprocess.CompletedProcess:
+    """`mdm ARGS` in a subprocess, output captured, exit code left to the caller."""
+    return subprocess.run(
+        [sys.executable, "-m", "megatron_mdm.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def read_all_metrics(output_dir: Path) -> list[dict]:
     with open(Path(output_dir) / "metrics.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]

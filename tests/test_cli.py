@@ -2,21 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from conftest import QUICKSTART, ROOT
-
-
-def mdm(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "megatron_mdm.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from conftest import QUICKSTART, run_cli
 
 
 @pytest.mark.parametrize(
@@ -31,7 +18,7 @@ def mdm(*args):
 )
 def test_bad_config_is_one_clear_line(override, needle):
     extra = ["parallel.pipeline=2"] if "zero_stage" in override else []
-    proc = mdm("train", QUICKSTART, override, *extra)
+    proc = run_cli("train", QUICKSTART, override, *extra)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -47,14 +34,14 @@ def test_transformer_engine_spec_without_te_is_a_clear_error():
         pytest.skip("transformer-engine is installed here")
     except ImportError:
         pass
-    proc = mdm("train", QUICKSTART, "model.transformer_impl=transformer_engine")
+    proc = run_cli("train", QUICKSTART, "model.transformer_impl=transformer_engine")
     assert proc.returncode == 2
     assert "transformer-engine" in proc.stderr and "model.transformer_impl" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_missing_config_file():
-    proc = mdm("train", "configs/does-not-exist.yaml")
+    proc = run_cli("train", "configs/does-not-exist.yaml")
     assert proc.returncode == 2
     assert "does-not-exist.yaml" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -63,5 +50,5 @@ def test_module_and_console_script_share_main():
     from megatron_mdm import cli
 
     assert cli.build_parser().prog == "mdm"
-    help_text = mdm("--help").stdout
+    help_text = run_cli("--help").stdout
     assert "train" in help_text

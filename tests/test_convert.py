@@ -92,8 +92,9 @@ def test_hf_export_logits_match_training_model(runs, single_rank_world, monkeypa
     from transformers import AutoModelForMaskedLM
 
     from megatron_mdm.config import from_dict
+    from megatron_mdm.convert import layouts
     from megatron_mdm.convert.commands import vocab_from_meta
-    from megatron_mdm.convert.weights import canonical_weights, load_weights_into, model_shape
+    from megatron_mdm.convert.weights import canonical_weights, load_weights_into
     from megatron_mdm.model.builder import build_model
     from megatron_mdm.parallel.distributed import ParallelContext
     from megatron_mdm.training.checkpoint import read_meta, resolve_checkpoint
@@ -110,7 +111,9 @@ def test_hf_export_logits_match_training_model(runs, single_rank_world, monkeypa
     vocab = type(vocab)(vocab.tokenizer_size, vocab.mask_id, vocab.padded_size)
     model = build_model(cfg, vocab, on_gpu=False).eval()
     ctx = ParallelContext(0, 1, 0, 0, 1, 0, 1, 0, 1, torch.device("cpu"), "single")
-    canonical = canonical_weights(runs["tp2"], model_shape(cfg, vocab), vocab.padded_size)
+    canonical = canonical_weights(
+        runs["tp2"], layouts.ModelShape.from_config(cfg.model, vocab), vocab.padded_size
+    )
     load_weights_into(model, canonical, ctx, cfg.model.num_layers, "tp2")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -24,7 +24,6 @@ from megatron_mdm.convert.training_checkpoint import (
     load_canonical,
     write_weights_checkpoint,
 )
-from megatron_mdm.convert.weights import model_shape
 from megatron_mdm.model.vocab import VocabLayout
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -87,7 +86,7 @@ def export(args) -> dict:
     vocab = vocab_from_meta(meta)
     canonical = layouts.canonicalize_names(canonical)
     _check_shapes(canonical, cfg, vocab, str(ckpt))
-    shape = model_shape(cfg, vocab)
+    shape = layouts.ModelShape.from_config(cfg.model, vocab)
     layout = layouts.LAYOUTS[args.format]
     tensors = {k: v.to(DTYPES[args.dtype]) for k, v in layout.export(canonical, shape).items()}
     with folder_io.atomic_folder(args.out_dir) as staging:
@@ -185,7 +184,7 @@ def _experiment_for_import(fmt: str, src: Path):
     vocab = VocabLayout.build(
         tok.vocab_size, cfg.model.mask_token_id, cfg.model.make_vocab_size_divisible_by, 1
     )
-    shape = model_shape(cfg, vocab)
+    shape = layouts.ModelShape.from_config(cfg.model, vocab)
     if shape.n_vocab != n_vocab:
         raise CheckpointError(
             f"{where}: {VOCAB_KEY[fmt]}={n_vocab}, but the tokenizer ({tok.vocab_size} ids) and "

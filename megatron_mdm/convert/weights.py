@@ -19,20 +19,6 @@ from megatron_mdm.convert.training_checkpoint import (
     shard_for_rank,
 )
 
-
-def model_shape(cfg, vocab) -> layouts.ModelShape:
-    """The layout-independent shape of a model (vocab rows without TP padding)."""
-    m = cfg.model
-    return layouts.ModelShape(
-        num_layers=m.num_layers,
-        hidden_size=m.hidden_size,
-        num_heads=m.num_attention_heads,
-        num_kv_groups=m.kv_groups,
-        ffn_size=m.ffn_size,
-        n_vocab=max(vocab.tokenizer_size, vocab.mask_id + 1),
-    )
-
-
 FORMAT_MARKERS = {
     "llada": "model.transformer.wte.weight",
     "smdm": "transformer.wte.weight",

@@ -104,7 +104,27 @@ def _decode_segments(ids, vocab_size: int, mask_token: str | None, decode_run) -
     return "".join(parts)
 
 
-class SentencePieceTokenizer:
+class _SpecialIds:
+    """BOS/EOS/PAD ids that a tokenizer resolves once at load time (`_bos`, `_eos`, `_pad`)."""
+
+    _bos: int
+    _eos: int
+    _pad: int
+
+    @property
+    def bos_id(self) -> int:
+        return self._bos
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad
+
+
+class SentencePieceTokenizer(_SpecialIds):
     """A sentencepiece ``.model`` file."""
 
     name = "sentencepiece"
@@ -127,18 +147,6 @@ class SentencePieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return int(self._sp.get_piece_size())
-
-    @property
-    def bos_id(self) -> int:
-        return self._bos
-
-    @property
-    def eos_id(self) -> int:
-        return self._eos
-
-    @property
-    def pad_id(self) -> int:
-        return self._pad
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
@@ -181,7 +189,7 @@ def _token_content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class HFTokenizer:
+class HFTokenizer(_SpecialIds):
     """A Hugging Face tokenizer: a ``tokenizer.json`` file (``tokenizers`` library) or a folder
     saved by ``save_pretrained`` (``transformers.AutoTokenizer``, local files only)."""
 
@@ -263,18 +271,6 @@ class HFTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._vocab
-
-    @property
-    def bos_id(self) -> int:
-        return self._bos
-
-    @property
-    def eos_id(self) -> int:
-        return self._eos
-
-    @property
-    def pad_id(self) -> int:
-        return self._pad
 
     def encode(self, text: str) -> list[int]:
         return list(self._encode(text))

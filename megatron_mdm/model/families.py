@@ -73,7 +73,6 @@ VOCAB_SIZE = 32000
 TOKENIZER_MODEL = "tokenizers/llama-32k.model"  # placeholder: where you put that file
 DATA_PREFIX = "data/slimpajama/train_text_document"  # placeholder: output of `mdm preprocess`
 GLOBAL_BATCH = 256  # sequences per step in SMDM's scaling runs (pretrain/train_mdm.py)
-GPUS = 8  # the node the micro-batch sizes are chosen for
 TOKENS_PER_PARAM = 20  # default budget when none is given: Chinchilla's 20 tokens per parameter
 
 
@@ -96,8 +95,8 @@ class FamilyMember:
 
     @property
     def micro_batch_size(self) -> int:
-        """SMDM's per-GPU micro-batch by size (32 / 16 / 8 / 4), which fits an 80 GB GPU at
-        sequence 2048 without activation recomputation."""
+        """SMDM's per-GPU micro-batch by size: 32 / 16 / 8 / 4, i.e. 1 / 2 / 4 / 8 accumulation
+        steps for 256 sequences on 8 GPUs, small enough for an 80 GB GPU without recomputation."""
         n = self.millions
         return 32 if n <= 20 else 16 if n <= 50 else 8 if n <= 1000 else 4
 
@@ -111,7 +110,9 @@ def _member_from_row(name: str, row: tuple[int, ...]) -> FamilyMember:
     return FamilyMember(name, layers, hidden, heads, ffn)
 
 
-FAMILY: dict[str, FamilyMember] = {name: _member_from_row(name, row) for name, row in _TABLE.items()}
+FAMILY: dict[str, FamilyMember] = {
+    name: _member_from_row(name, row) for name, row in _TABLE.items()
+}
 
 
 def member(name: str) -> FamilyMember:
@@ -185,7 +186,7 @@ def experiment_dict(
         "max_steps": steps,
         "lr": 2.0e-4,
         "min_lr": 2.0e-5,
-        "warmup_steps": max(1, steps // 100),
+        "warmup_steps": 0,  # set below, from the final max_steps
         "weight_decay": 0.1,
         "grad_clip": 1.0,
         "adam_beta1": 0.9,
@@ -200,7 +201,10 @@ def experiment_dict(
         "split": "969,30,1",
         "tokenizer": {"type": "sentencepiece", "model": TOKENIZER_MODEL},
     }
-    return _merge(d, overrides)
+    _merge(d, overrides)
+    if "warmup_steps" not in overrides.get("train", {}):  # 1% of the run, whatever sets its length
+        d["train"]["warmup_steps"] = max(1, d["train"]["max_steps"] // 100)
+    return d
 
 
 _GENERATED = "# GENERATED"

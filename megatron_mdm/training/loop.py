@@ -29,6 +29,15 @@ def _vocab(cfg: ExperimentConfig, tokenizer, tp: int) -> VocabLayout:
     )
 
 
+def peak_memory_gb() -> float:
+    """Peak device memory on GPU (allocator high-water mark); peak RSS of this process on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, ctx: ParallelContext):
         from megatron_mdm.model.builder import build_model
@@ -65,9 +74,10 @@ class Trainer:
             self.metrics = MetricsWriter(cfg.train.output_dir, cfg.logging.tensorboard, self.step)
 
     def _load_weights(self, model, source) -> None:
-        from megatron_mdm.convert.weights import canonical_weights, load_weights_into, model_shape
+        from megatron_mdm.convert.layouts import ModelShape
+        from megatron_mdm.convert.weights import canonical_weights, load_weights_into
 
-        shape = model_shape(self.cfg, self.vocab)
+        shape = ModelShape.from_config(self.cfg.model, self.vocab)
         canonical = canonical_weights(source, shape, self.vocab.padded_size)
         load_weights_into(model, canonical, self.ctx, self.cfg.model.num_layers, str(source))
         self._say(f"loaded weights from {source}")
@@ -182,6 +192,8 @@ class Trainer:
                     "consumed_samples": self.step * t.global_batch_size,
                     "tokens_per_s": window_tokens / elapsed,
                     "mfu": window_flops / elapsed / peak,
+                    "tflops_per_device": window_flops / elapsed / ctx.world_size / 1e12,
+                    "peak_mem_gb": peak_memory_gb(),
                 }
                 if self.metrics is not None:
                     self.metrics.write(record)

@@ -1,0 +1,145 @@
+"""`mdm config show CONFIG [overrides] [--gpus N]`: what a config amounts to before it is run.
+
+Prints the resolved config as YAML (every default filled in, overrides applied) and then, as
+YAML comments so the output still loads as a config, the numbers one checks before asking for
+a cluster: parameter counts, FLOPs per token / step / run, and memory per GPU. No torch and no
+tokenizer files are touched, so it runs on a laptop against a config meant for 64 GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import yaml
+
+from megatron_mdm.config import ExperimentConfig, check_world_size, load_config, to_dict
+from megatron_mdm.data.byte_tokenizer import ByteTokenizer
+from megatron_mdm.model.vocab import VocabLayout
+from megatron_mdm.training.flops import flops_per_token, non_embedding_params, total_params
+from megatron_mdm.training.memory import GiB, MemoryEstimate, estimate_memory
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    vocab: VocabLayout
+    vocab_note: str | None  # set when the tokenizer size is a stand-in, not the real one
+    total_params: int
+    non_embedding_params: int
+    flops_per_token: float
+    tokens_per_step: int
+    flops_per_step: float
+    run_tokens: int
+    run_flops: float
+    budget_flops: float  # 6 * N_nonembedding * tokens, the compute budget scaling laws use
+    gpus: int
+    memory: MemoryEstimate
+
+
+def vocab_layout(cfg: ExperimentConfig) -> tuple[VocabLayout, str | None]:
+    """The model's vocabulary without opening tokenizer files: `model.vocab_size` if set,
+    else the byte tokenizer's size (exact for byte configs, a stand-in otherwise)."""
+    m = cfg.model
+    note = None
+    size = m.vocab_size
+    if size is None:
+        size = ByteTokenizer().vocab_size
+        tok = cfg.data.tokenizer
+        if tok.type == "byte":
+            note = f"byte tokenizer: {size} ids"
+        else:
+            note = (
+                f"model.vocab_size is not set and the {tok.type} tokenizer is not loaded here; "
+                f"counted with the byte tokenizer's {size} ids (set model.vocab_size for exact "
+                "totals)"
+            )
+    layout = VocabLayout.build(
+        size, m.mask_token_id, m.make_vocab_size_divisible_by, cfg.parallel.tensor
+    )
+    return layout, note
+
+
+def summarize(cfg: ExperimentConfig, gpus: int = 8) -> ConfigSummary:
+    vocab, note = vocab_layout(cfg)
+    m, t = cfg.model, cfg.train
+    n_nonemb = non_embedding_params(m)
+    per_token = flops_per_token(m, vocab.padded_size)
+    tokens_per_step = t.global_batch_size * m.seq_length
+    run_tokens = tokens_per_step * t.max_steps
+    return ConfigSummary(
+        vocab=vocab,
+        vocab_note=note,
+        total_params=total_params(m, vocab.padded_size),
+        non_embedding_params=n_nonemb,
+        flops_per_token=per_token,
+        tokens_per_step=tokens_per_step,
+        flops_per_step=per_token * tokens_per_step,
+        run_tokens=run_tokens,
+        run_flops=per_token * run_tokens,
+        budget_flops=6.0 * n_nonemb * run_tokens,
+        gpus=gpus,
+        memory=estimate_memory(cfg, vocab.padded_size, gpus),
+    )
+
+
+def _count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n:,} ({n / scale:.3g}{unit})"
+    return f"{n:,}"
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def render(cfg: ExperimentConfig, gpus: int = 8) -> str:
+    """The resolved YAML followed by the derived numbers as comments."""
+    s = summarize(cfg, gpus)
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    mem = s.memory
+    v = s.vocab
+    layout = f"TP {p.tensor} x PP {p.pipeline} x DP {mem.data_parallel}"
+    batch = f"global batch {t.global_batch_size} x seq {m.seq_length}"
+    lines = [
+        f"vocab: {v.tokenizer_size} tokenizer ids, [MASK] = {v.mask_id}, "
+        f"{v.padded_size} embedding rows (padded)",
+    ]
+    if s.vocab_note:
+        lines.append(f"  note: {s.vocab_note}")
+    lines += [
+        f"parameters: total {_count(s.total_params)}",
+        f"  non-embedding {_count(s.non_embedding_params)} (layers + final norm)",
+        f"FLOPs per token (training): {s.flops_per_token:.4g}"
+        "  = 6 * (N_nonembedding + V*h) + 12 * L*h*s",
+        f"FLOPs per step: {s.flops_per_step:.4g}  ({s.tokens_per_step:,} tokens = {batch})",
+        f"run: {t.max_steps:,} steps, {s.run_tokens:.4g} tokens, {s.run_flops:.4g} FLOPs",
+        f"  compute budget C = 6 * N_nonembedding * tokens = {s.budget_flops:.4g}",
+        f"memory per GPU on {gpus} GPU{'s' if gpus != 1 else ''} ({layout}, ZeRO-{p.zero_stage},"
+        f" {t.precision}, micro-batch {t.micro_batch_size}):",
+        f"  params on the busiest rank: {_count(mem.params_per_rank)}",
+        f"  weights {_gib(mem.weights)}, grads {_gib(mem.grads)}, optimizer {_gib(mem.optimizer)}",
+        f"  activations {_gib(mem.activations)}, logits {_gib(mem.logits)}"
+        " (no recomputation; formula in megatron_mdm/training/memory.py)",
+        f"  total {_gib(mem.total)} + framework overhead (CUDA context, NCCL/DeepSpeed buffers)",
+    ]
+    if mem.cpu_optimizer:
+        lines.append(f"  optimizer offloaded to CPU: {_gib(mem.cpu_optimizer)} per GPU")
+    body = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    header = f"# resolved config: {cfg.source}\n"
+    return header + body + "\n" + "\n".join(f"# {line}" for line in lines) + "\n"
+
+
+def add_config_show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    parser.add_argument(
+        "--gpus", type=int, default=8, help="GPUs for the memory estimate (default: 8)"
+    )
+
+
+def run_config_show_args(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    check_world_size(cfg, args.gpus)  # a config that cannot run on N GPUs says so, like train
+    print(render(cfg, args.gpus), end="")
+    return 0
