@@ -18,6 +18,8 @@ $(STAMP): setup.py pyproject.toml
 
 quickstart: $(STAMP)
 	$(VENV)/bin/mdm train configs/quickstart.yaml checkpoint.resume=none
+	$(VENV)/bin/mdm generate --ckpt runs/quickstart --prompt "The old king said: " \
+		--gen-length 64 --steps 64 --block-length 32 --num-samples 3 --temperature 0.5 --seed 1
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

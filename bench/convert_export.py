@@ -22,7 +22,6 @@ import torch
 from megatron_mdm.config import load_config, to_dict
 from megatron_mdm.convert import commands
 from megatron_mdm.convert.training_checkpoint import write_weights_checkpoint
-from megatron_mdm.model.sharding import full_shape  # noqa: F401  (documents the layout source)
 from megatron_mdm.model.vocab import VocabLayout
 
 SMDM_1028M = [

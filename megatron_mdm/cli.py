@@ -14,6 +14,7 @@ from megatron_mdm.data.preprocess import (
     run_preprocess_args,
     run_tokenizer_train_args,
 )
+from megatron_mdm.eval.generate import add_generate_arguments
 
 
 def _train(args) -> int:
@@ -39,6 +40,15 @@ def _convert(args) -> int:
     return run_convert_args(args)
 
 
+def _generate(args) -> int:
+    from megatron_mdm.parallel.distributed import prepare_accelerator
+
+    prepare_accelerator()
+    from megatron_mdm.eval.generate import run_generate_args
+
+    return run_generate_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdm", description="Masked diffusion LM pretraining")
     # The `deepspeed` launcher passes --local_rank=N; the same value is in LOCAL_RANK.
@@ -54,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", help="export / import / reshard checkpoints")
     conv.set_defaults(func=_convert)
     _add_convert_arguments(conv)
+    gen = sub.add_parser("generate", help="complete a prompt with a trained model")
+    add_generate_arguments(gen)
+    gen.set_defaults(func=_generate)
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     tok_train = tok_sub.add_parser("train", help="train a sentencepiece tokenizer")

@@ -1,0 +1,151 @@
+"""Samplers for masked diffusion LMs (DESIGN.md §5-§6), over any `model_fn(x) -> logits`.
+
+`model_fn` maps token ids [B, L] to logits [B, L, V] (a training model on one rank, an exported
+`transformers` model, or a fake in tests), so the samplers know nothing of parallelism. Every
+random draw comes from the caller's `torch.Generator`, so a seed reproduces a sample exactly.
+
+- `llada_sample`: semi-autoregressive blocks, a fixed number of tokens revealed per step (the
+  block's masks spread evenly over its steps), `low_confidence` or `random` remasking order,
+  Gumbel-max sampling in float64 at a temperature, classifier-free guidance.
+- `mdlm_sample`: MDLM's ancestral sampler: at each step from t to s every masked token is revealed
+  with probability (t - s) / t; with `cache=True` the model is not called again while no token has
+  changed (its output would be the same), which gives identical samples with fewer calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+ModelFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def guided_logits(
+    model_fn: ModelFn, x: torch.Tensor, prompt_index: torch.Tensor, cfg: float, mask_id: int
+) -> torch.Tensor:
+    """Unsupervised classifier-free guidance (SMDM): the unconditional input is `x` with every
+    prompt position masked; both run in one batch; uncond + (w + 1) * (cond - uncond)."""
+    if cfg == 0:
+        return model_fn(x)
+    uncond = x.masked_fill(prompt_index, mask_id)
+    cond_logits, uncond_logits = model_fn(torch.cat([x, uncond])).chunk(2)
+    return uncond_logits + (cfg + 1.0) * (cond_logits - uncond_logits)
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+    """argmax(logits + T * Gumbel) in float64 (LLaDA's form: exp(l) / (-log u)^T); T = 0: argmax.
+
+    float64 because low-precision Gumbel noise measurably degrades masked-diffusion samples."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.to(torch.float64)
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
+    u = u.clamp_min(torch.finfo(torch.float64).tiny)
+    return (logits.exp() / (-torch.log(u)) ** temperature).argmax(-1)
+
+
+def tokens_per_step(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """[B] mask counts -> [B, steps] tokens to reveal at each step, spread as evenly as possible
+    (the remainder goes to the first steps), summing to each row's count."""
+    base = masked_count // steps
+    remainder = masked_count % steps
+    schedule = base[:, None].repeat(1, steps)
+    schedule += (torch.arange(steps, device=masked_count.device)[None] < remainder[:, None]).long()
+    return schedule
+
+
+@torch.no_grad()
+def llada_sample(
+    model_fn: ModelFn,
+    prompt: torch.Tensor,
+    mask_id: int,
+    gen_length: int = 128,
+    steps: int = 128,
+    block_length: int = 128,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """prompt [B, P] -> [B, P + gen_length] with every generated position revealed."""
+    if gen_length % block_length:
+        raise ValueError(
+            f"gen_length {gen_length} is not a multiple of block_length {block_length}"
+        )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps {steps} is not a multiple of the number of blocks {num_blocks}")
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be low_confidence or random, not {remasking!r}")
+    batch, plen = prompt.shape
+    x = torch.full((batch, plen + gen_length), mask_id, dtype=torch.long, device=prompt.device)
+    x[:, :plen] = prompt
+    prompt_index = torch.zeros_like(x, dtype=torch.bool)
+    prompt_index[:, :plen] = True
+    steps_per_block = steps // num_blocks
+    for block in range(num_blocks):
+        start, end = plen + block * block_length, plen + (block + 1) * block_length
+        schedule = tokens_per_step((x[:, start:end] == mask_id).sum(1), steps_per_block)
+        for i in range(steps_per_block):
+            masked = x == mask_id
+            logits = guided_logits(model_fn, x, prompt_index, cfg, mask_id)
+            x0 = gumbel_argmax(logits, temperature, generator)
+            if remasking == "low_confidence":
+                probs = torch.softmax(logits.to(torch.float64), dim=-1)
+                confidence = probs.gather(-1, x0[..., None])[..., 0]
+            else:
+                confidence = torch.rand(
+                    x.shape, generator=generator, dtype=torch.float64, device=x.device
+                )
+            confidence[:, end:] = -torch.inf  # never reveal past the current block
+            confidence = torch.where(masked, confidence, -torch.inf)
+            x0 = torch.where(masked, x0, x)
+            reveal = torch.zeros_like(masked)
+            for row in range(batch):
+                k = int(schedule[row, i])
+                if k:
+                    reveal[row, torch.topk(confidence[row], k).indices] = True
+            x = torch.where(reveal, x0, x)
+    return x
+
+
+@torch.no_grad()
+def mdlm_sample(
+    model_fn: ModelFn,
+    prompt: torch.Tensor,
+    mask_id: int,
+    gen_length: int = 128,
+    steps: int = 128,
+    eps: float = 1e-5,
+    cache: bool = True,
+    generator: torch.Generator | None = None,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    """MDLM ancestral sampling from t = 1 to eps; the last step reveals whatever is left.
+
+    Random draws are made every step whether or not the cache is used, so `cache=True` and
+    `cache=False` return the same tokens; `stats["model_calls"]` counts the forward passes."""
+    batch, plen = prompt.shape
+    x = torch.full((batch, plen + gen_length), mask_id, dtype=torch.long, device=prompt.device)
+    x[:, :plen] = prompt
+    times = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
+    probs = None
+    calls = 0
+    for i in range(steps):
+        t, s = times[i].item(), times[i + 1].item()
+        if probs is None or not cache:
+            probs = torch.softmax(model_fn(x).to(torch.float64), dim=-1)
+            calls += 1
+        u_reveal = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+        u_token = torch.rand(probs.shape, generator=generator, dtype=torch.float64, device=x.device)
+        sampled = (probs.log() - torch.log(-torch.log(u_token.clamp_min(1e-300)))).argmax(-1)
+        masked = x == mask_id
+        reveal_prob = 1.0 if i == steps - 1 else (t - s) / t
+        reveal = masked & (u_reveal < reveal_prob)
+        if reveal.any():
+            x = torch.where(reveal, sampled, x)
+            probs = None  # the input changed: the next step needs a fresh forward pass
+    if stats is not None:
+        stats["model_calls"] = calls
+    return x
