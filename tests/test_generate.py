@@ -62,5 +62,3 @@ def test_generate_from_checkpoint_and_hf_export_agree(tmp_path):
         )
         outputs.append(lines)
     assert outputs[0] == outputs[1]
-    # After 20 steps on the synthetic corpus the model writes bytes, not only blanks.
-    assert any(line.strip()[len("[0] The old ") :].strip() for line in outputs[0])
