@@ -9,20 +9,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL
 
 from megatron_mdm.config import load_config
 from megatron_mdm.convert import layouts
 from megatron_mdm.convert.layouts import LAYOUTS, LayoutError, ModelShape
 from megatron_mdm.model.vocab import VocabLayout
 
-TINY = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.num_query_groups=2",
-    "model.ffn_hidden_size=128",
-    "model.seq_length=16",
-]
+TINY = TINY_MODEL
 SHAPE = ModelShape(
     num_layers=2, hidden_size=64, num_heads=4, num_kv_groups=2, ffn_size=128, n_vocab=101
 )

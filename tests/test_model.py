@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from megatron_mdm.config import load_config
 from megatron_mdm.model import sharding
 from megatron_mdm.model.vocab import VocabLayout
 
-TINY = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.num_query_groups=2",
-    "model.ffn_hidden_size=128",
-    "model.seq_length=16",
-]
+TINY = TINY_MODEL
 
 
 def build(objective: str, seed: int = 1234):

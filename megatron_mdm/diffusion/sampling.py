@@ -55,6 +55,14 @@ def tokens_per_step(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
     return schedule
 
 
+def masked_canvas(prompt: torch.Tensor, gen_length: int, mask_id: int) -> torch.Tensor:
+    """The sampling state: the prompt followed by `gen_length` `[MASK]` tokens."""
+    batch, plen = prompt.shape
+    x = torch.full((batch, plen + gen_length), mask_id, dtype=torch.long, device=prompt.device)
+    x[:, :plen] = prompt
+    return x
+
+
 @torch.no_grad()
 def llada_sample(
     model_fn: ModelFn,
@@ -79,8 +87,7 @@ def llada_sample(
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be low_confidence or random, not {remasking!r}")
     batch, plen = prompt.shape
-    x = torch.full((batch, plen + gen_length), mask_id, dtype=torch.long, device=prompt.device)
-    x[:, :plen] = prompt
+    x = masked_canvas(prompt, gen_length, mask_id)
     prompt_index = torch.zeros_like(x, dtype=torch.bool)
     prompt_index[:, :plen] = True
     steps_per_block = steps // num_blocks
@@ -126,9 +133,7 @@ def mdlm_sample(
 
     Random draws are made every step whether or not the cache is used, so `cache=True` and
     `cache=False` return the same tokens; `stats["model_calls"]` counts the forward passes."""
-    batch, plen = prompt.shape
-    x = torch.full((batch, plen + gen_length), mask_id, dtype=torch.long, device=prompt.device)
-    x[:, :plen] = prompt
+    x = masked_canvas(prompt, gen_length, mask_id)
     times = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
     probs = None
     calls = 0
