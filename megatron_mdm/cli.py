@@ -25,6 +25,23 @@ def _train(args) -> int:
     return 0
 
 
+def _sft(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from megatron_mdm.training.sft_run import run_sft
+
+    run_sft(cfg)
+    return 0
+
+
+def _eval(args) -> int:
+    from megatron_mdm.parallel.distributed import prepare_accelerator
+
+    prepare_accelerator()
+    from megatron_mdm.eval.commands import run_eval_args
+
+    return run_eval_args(args)
+
+
 def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     from megatron_mdm.convert.commands import add_convert_arguments
 
@@ -67,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="complete a prompt with a trained model")
     add_generate_arguments(gen)
     gen.set_defaults(func=_generate)
+    sft = sub.add_parser("sft", help="supervised fine-tuning (DESIGN.md §4) from a YAML config")
+    sft.add_argument("config", help="experiment YAML with an `sft` section (configs/sft-*.yaml)")
+    sft.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    sft.set_defaults(func=_sft)
+    from megatron_mdm.eval.commands import add_eval_arguments
+
+    ev = sub.add_parser("eval", help="likelihood, perplexity, generative perplexity, GSM8K")
+    add_eval_arguments(ev)
+    ev.set_defaults(func=_eval)
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     tok_train = tok_sub.add_parser("train", help="train a sentencepiece tokenizer")
