@@ -8,7 +8,9 @@ setup(
     version="0.1.0",
     description="Pretraining masked diffusion language models on Megatron-Core and DeepSpeed",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_mdm", "megatron_mdm.*"]),
+    # kernels/ sits at the repository root (DESIGN.md layout) and installs as megatron_mdm.kernels.
+    packages=[*find_packages(include=["megatron_mdm", "megatron_mdm.*"]), "megatron_mdm.kernels"],
+    package_dir={"megatron_mdm.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
         "megatron-core>=0.16.1",
@@ -39,5 +41,11 @@ setup(
             "matplotlib>=3.7",
         ],
     },
-    entry_points={"console_scripts": ["mdm=megatron_mdm.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "mdm=megatron_mdm.cli:main",
+            # lm-eval's command line with `--model mdm` registered (needs the `eval` extra).
+            "mdm-lm-eval=megatron_mdm.eval.lm_eval_model:main",
+        ]
+    },
 )

@@ -29,6 +29,7 @@ __all__ = [
     "LoggingConfig",
     "ModelConfig",
     "ParallelConfig",
+    "SFTConfig",
     "TokenizerConfig",
     "TrainConfig",
     "check_world_size",
@@ -143,7 +144,10 @@ class TrainConfig:
     # Weights only (fresh optimizer, step 0): a training checkpoint or an exported hf/llada/smdm
     # folder, at any TP/PP. For fine-tuning and continued pretraining from converted weights.
     init_from: str | None = None
-    fp8_recipe: str = "delayed"  # precision=fp8 (TE): delayed | current (per-tensor) scaling
+    # precision=fp8 scaling: delayed (TE only) | current (per-tensor amax of this step);
+    # None: delayed with Transformer Engine, current with the local FP8 layers (kernels/).
+    fp8_recipe: str | None = None
+    fp8_grad_format: str = "e5m2"  # precision=fp8 output-gradient format: e5m2 | e4m3
 
     @property
     def decay_steps(self) -> int:
@@ -167,6 +171,49 @@ class LoggingConfig:
 
 
 @dataclass
+class ChatTemplateConfig:
+    """How chat messages before the answer become the prompt (data/sft.py ChatTemplate)."""
+
+    message_format: str = "<|{role}|>\n{content}\n"
+    generation_prefix: str = "<|assistant|>\n"
+    use_tokenizer_template: bool = False  # the HF tokenizer's own apply_chat_template
+
+
+@dataclass
+class SFTConfig:
+    """`mdm sft` (DESIGN.md §4); `mdm train` ignores this section."""
+
+    data: list | str | None = None  # one file or a list of files (required by `mdm sft`)
+    format: str = "auto"  # auto | prompt_response | chat | gsm8k | gsm8k_icot
+    gsm8k_split_cot: bool = False  # SMDM: question -> CoT and question + CoT -> "#### answer"
+    normalize: str = "sequence"  # sequence (LLaDA) | token (SMDM)
+    truncation: str = "response"  # response | prompt_left | drop
+    pad_to: str = "max"  # max (model.seq_length) | longest (longest example of the step)
+    # Set: the run length is ceil(epochs * training examples / train.global_batch_size) steps,
+    # replacing train.max_steps (known once the data is read). null: train.max_steps.
+    epochs: float | None = None
+    limit: int | None = None  # read only the first N lines of sft.data (quick runs); null: all
+    shuffle: bool = True  # a fresh order each epoch, keyed by (seed, epoch)
+    # Validation response loss (every train.eval_interval steps, train.eval_iters batches):
+    # separate files, or a fraction of the examples held out (keyed by seed).
+    valid_data: list | str | None = None
+    valid_fraction: float = 0.0
+    chat_template: ChatTemplateConfig = field(default_factory=ChatTemplateConfig)
+
+    @property
+    def data_files(self) -> list[str]:
+        return _as_list(self.data)
+
+    @property
+    def valid_files(self) -> list[str]:
+        return _as_list(self.valid_data)
+
+
+def _as_list(value: list | str | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+@dataclass
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -175,6 +222,7 @@ class ExperimentConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     # Where the config came from, for error messages only: not a YAML key, and two configs
     # with the same settings are equal whichever file they were read from.
     source: str = field(default="<defaults>", compare=False)
@@ -275,6 +323,19 @@ def _coerce(value: Any, tp: Any, key: str, where: str, lenient: bool = True) -> 
     base, optional = _unwrap_optional(tp)
     if value is None and optional:
         return None
+    choices = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(choices) > 1:
+        for choice in choices:  # e.g. `list | str`: the first that fits
+            try:
+                return _coerce(value, choice, key, where, lenient)
+            except ConfigError:
+                pass
+        names = " or ".join(_TYPE_NAMES.get(c, getattr(c, "__name__", str(c))) for c in choices)
+        raise ConfigError(
+            f"expected {names}{' or null' if optional else ''}, got {_short(value)}",
+            source=where,
+            key=key,
+        )
     if dataclasses.is_dataclass(base):
         if isinstance(value, base):
             return value
@@ -592,9 +653,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if t.eval_interval > 0 and t.eval_iters < 1:
         fail("train.eval_iters", "must be >= 1 when train.eval_interval > 0")
     choice("train.precision", t.precision, ("fp32", "bf16", "fp8"))
-    choice("train.fp8_recipe", t.fp8_recipe, ("delayed", "current"))
-    if t.precision == "fp8" and m.transformer_impl != "transformer_engine":
-        fail("train.precision", "fp8 requires model.transformer_impl=transformer_engine")
+    if t.fp8_recipe is not None:
+        choice("train.fp8_recipe", t.fp8_recipe, ("delayed", "current"))
+    choice("train.fp8_grad_format", t.fp8_grad_format, ("e5m2", "e4m3"))
+    if t.precision == "fp8":
+        _check_fp8(cfg, fail)
     if not t.output_dir:
         fail("train.output_dir", "must not be empty")
 
@@ -621,6 +684,84 @@ def validate(cfg: ExperimentConfig) -> None:
     choice("data.tokenizer.type", data.tokenizer.type, ("byte", "sentencepiece", "hf"))
     if data.tokenizer.type in ("sentencepiece", "hf") and not data.tokenizer.model:
         fail("data.tokenizer.model", f"required for tokenizer type {data.tokenizer.type}")
+
+    _check_sft(cfg.sft, fail)
+
+
+def _check_sft(sft: SFTConfig, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
+    # The option tuples live in data/sft.py and diffusion/sft_loss.py (torch modules): repeated
+    # here so that loading a config needs no torch.
+    for key, value, options in (
+        ("format", sft.format, ("auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot")),
+        ("normalize", sft.normalize, ("sequence", "token")),
+        ("truncation", sft.truncation, ("response", "prompt_left", "drop")),
+        ("pad_to", sft.pad_to, ("max", "longest")),
+    ):
+        if value not in options:
+            fail(f"sft.{key}", f"must be one of {', '.join(options)}, got {value!r}")
+    for key, files in (("data", sft.data), ("valid_data", sft.valid_data)):
+        if isinstance(files, list) and not files:
+            fail(f"sft.{key}", "must name at least one file (or be null)")
+        for item in _as_list(files):
+            if not isinstance(item, str) or not item:
+                fail(f"sft.{key}", f"expected file paths, got {_short(item)}")
+    if sft.epochs is not None and not (math.isfinite(sft.epochs) and sft.epochs > 0):
+        fail("sft.epochs", f"must be > 0 (or null for train.max_steps), got {sft.epochs}")
+    if sft.limit is not None and sft.limit < 1:
+        fail("sft.limit", f"must be >= 1 (or null for every line), got {sft.limit}")
+    if not (math.isfinite(sft.valid_fraction) and 0.0 <= sft.valid_fraction < 1.0):
+        fail("sft.valid_fraction", f"must be in [0, 1), got {sft.valid_fraction}")
+    if sft.valid_fraction > 0 and sft.valid_data is not None:
+        fail("sft.valid_fraction", "sft.valid_fraction and sft.valid_data are mutually exclusive")
+    fmt = sft.chat_template.message_format
+    if "{role}" not in fmt or "{content}" not in fmt:
+        fail("sft.chat_template.message_format", f"must contain {{role}} and {{content}}: {fmt!r}")
+
+
+def _check_fp8(cfg: ExperimentConfig, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
+    """FP8 GEMM shapes, per tensor-parallel rank. The local layers (kernels/fp8_linear.py, through
+    torch._scaled_mm) need every feature size to be a multiple of 16, pad the token rows
+    themselves and scale from the current amax only. Transformer Engine needs input features % 16,
+    output features % 8 and token rows (micro-batch x length, any cropped length) % 8."""
+    m, t, tp = cfg.model, cfg.train, cfg.parallel.tensor
+    local = m.transformer_impl == "local"
+    impl = f"train.precision=fp8 with model.transformer_impl={m.transformer_impl}"
+    if local and t.fp8_recipe == "delayed":
+        fail(
+            "train.fp8_recipe",
+            "delayed scaling needs model.transformer_impl=transformer_engine; the local FP8 "
+            "layers scale from the current amax (train.fp8_recipe=current)",
+        )
+    head_dim = m.hidden_size // m.num_attention_heads
+    qkv_width = (m.num_attention_heads + 2 * m.kv_groups) * head_dim // tp
+    for key, what, size, align in (
+        ("model.hidden_size", "model.hidden_size", m.hidden_size, 16),
+        ("model.hidden_size", "model.hidden_size / parallel.tensor", m.hidden_size // tp, 16),
+        ("model.ffn_hidden_size", "the FFN size / parallel.tensor", m.ffn_size // tp, 16),
+        (
+            "model.num_query_groups",
+            "the QKV width (heads + 2 * query groups) * head dim / parallel.tensor",
+            qkv_width,
+            16 if local else 8,
+        ),
+    ):
+        if size % align:
+            why = "torch._scaled_mm" if local else "FP8 tensor-core GEMMs"
+            fail(key, f"{impl} needs {what} to be a multiple of {align} ({why}), got {size}")
+    if local:
+        return
+    if cfg.diffusion.var_len_prob > 0 and t.micro_batch_size % 8:
+        fail(
+            "train.micro_batch_size",
+            f"{impl} needs token rows (micro-batch x length) divisible by 8 at every cropped "
+            f"length: use a multiple of 8 (got {t.micro_batch_size}) or diffusion.var_len_prob=0",
+        )
+    if (t.micro_batch_size * m.seq_length) % 8:
+        fail(
+            "train.micro_batch_size",
+            f"{impl} needs train.micro_batch_size x model.seq_length divisible by 8, got "
+            f"{t.micro_batch_size} x {m.seq_length}",
+        )
 
 
 def _check_split(split: str, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:

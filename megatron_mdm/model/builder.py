@@ -31,12 +31,22 @@ def recompute_settings(recompute: str) -> dict:
 
 
 def fp8_settings(cfg: ExperimentConfig) -> dict:
-    """Transformer Engine FP8 (config validation guarantees TE for precision=fp8): hybrid format
-    (E4M3 forward, E5M2 gradients), delayed scaling or per-tensor current scaling."""
-    if cfg.train.precision != "fp8":
+    """Transformer Engine FP8 only: `hybrid` (E4M3 forward, E5M2 gradients) or `e4m3` throughout
+    (train.fp8_grad_format), delayed scaling (default) or per-tensor current scaling. The local
+    spec's FP8 lives in its linear layers (`local_fp8_grad_format`), not in TransformerConfig,
+    whose fp8 fields make megatron-core enter TE's fp8 autocast."""
+    t = cfg.train
+    if t.precision != "fp8" or cfg.model.transformer_impl != "transformer_engine":
         return {}
-    recipe = {"delayed": "delayed", "current": "tensorwise"}[cfg.train.fp8_recipe]
-    return {"fp8": "hybrid", "fp8_recipe": recipe}
+    recipe = {"delayed": "delayed", "current": "tensorwise"}[t.fp8_recipe or "delayed"]
+    return {"fp8": {"e5m2": "hybrid", "e4m3": "e4m3"}[t.fp8_grad_format], "fp8_recipe": recipe}
+
+
+def local_fp8_grad_format(cfg: ExperimentConfig) -> str | None:
+    """Gradient format of the local spec's FP8 linear layers; None: no FP8 layers."""
+    if cfg.train.precision == "fp8" and cfg.model.transformer_impl == "local":
+        return cfg.train.fp8_grad_format
+    return None
 
 
 def transformer_config(cfg: ExperimentConfig, on_gpu: bool) -> TransformerConfig:
@@ -87,7 +97,10 @@ def build_model(cfg: ExperimentConfig, vocab: VocabLayout, on_gpu: bool) -> Mask
     model = MaskedDiffusionLM(
         config=tconfig,
         transformer_layer_spec=layer_spec(
-            cfg.model.transformer_impl, cfg.model.objective, cfg.model.attention_backend
+            cfg.model.transformer_impl,
+            cfg.model.objective,
+            cfg.model.attention_backend,
+            fp8_grad_format=local_fp8_grad_format(cfg),
         ),
         vocab=vocab,
         objective=cfg.model.objective,

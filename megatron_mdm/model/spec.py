@@ -34,7 +34,33 @@ def attention_mask_type(objective: str):
     return AttnMaskType.causal if objective == "arm" else AttnMaskType.no_mask
 
 
-def layer_spec(transformer_impl: str, objective: str, attention_backend: str = "sdpa"):
+def use_fp8_linears(spec, grad_format: str) -> None:
+    """Local spec: the four GEMM layers of a block become our FP8 column/row parallel linears
+    (kernels/fp8_parallel_linear.py); everything else keeps the parameter dtype."""
+    from megatron.core.transformer.spec_utils import ModuleSpec
+
+    from megatron_mdm.kernels.fp8_parallel_linear import (
+        FP8ColumnParallelLinear,
+        FP8RowParallelLinear,
+    )
+
+    params = {"grad_format": grad_format}
+    attention = spec.submodules.self_attention.submodules
+    mlp = spec.submodules.mlp.submodules
+    attention.linear_qkv = ModuleSpec(module=FP8ColumnParallelLinear, params=params)
+    attention.linear_proj = ModuleSpec(module=FP8RowParallelLinear, params=params)
+    mlp.linear_fc1 = ModuleSpec(module=FP8ColumnParallelLinear, params=params)
+    mlp.linear_fc2 = ModuleSpec(module=FP8RowParallelLinear, params=params)
+
+
+def layer_spec(
+    transformer_impl: str,
+    objective: str,
+    attention_backend: str = "sdpa",
+    fp8_grad_format: str | None = None,
+):
+    """`fp8_grad_format` (local spec only): use the FP8 linear layers with that gradient format;
+    Transformer Engine's FP8 is switched on through TransformerConfig instead (builder.py)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     if transformer_impl == "transformer_engine":
@@ -48,5 +74,7 @@ def layer_spec(transformer_impl: str, objective: str, attention_backend: str = "
         from megatron_mdm.model.sdpa_attention import SDPAttention
 
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    if transformer_impl == "local" and fp8_grad_format is not None:
+        use_fp8_linears(spec, fp8_grad_format)
     spec.submodules.self_attention.params["attn_mask_type"] = attention_mask_type(objective)
     return spec

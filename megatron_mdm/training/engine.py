@@ -1,8 +1,10 @@
 """DeepSpeed engine for a megatron-core model: ZeRO config, AdamW, LR schedule, clipping.
 
 The optimizer is a client torch AdamW (DeepSpeed's fused/CPU Adam need a JIT compile we don't
-want on every fresh machine); ZeRO partitions it all the same. Offload needs DeepSpeed's
-CPU Adam, so `parallel.offload_optimizer` switches to DeepSpeed's own optimizer type.
+want on every fresh machine); ZeRO partitions it all the same. With `parallel.offload_optimizer`
+on a GPU, DeepSpeed's own AdamW type (its compiled CPU Adam: the fast way to step fp32 master
+weights held in host memory); without CUDA the client torch AdamW, which already runs on the CPU,
+steps the offloaded partitions (`zero_force_ds_cpu_optimizer: false`), so no compile is needed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from megatron_mdm.training.schedule import lr_multiplier
 def deepspeed_clips(cfg: ExperimentConfig) -> bool:
     """At ZeRO-0 we clip ourselves (see `mpu.GradNormMPU`); ZeRO-1+ clips inside DeepSpeed."""
     return cfg.parallel.zero_stage > 0
+
+
+def uses_deepspeed_cpu_adam(cfg: ExperimentConfig, ctx: ParallelContext) -> bool:
+    return cfg.parallel.offload_optimizer and ctx.on_gpu
 
 
 def deepspeed_config(cfg: ExperimentConfig, ctx: ParallelContext) -> dict:
@@ -42,6 +48,9 @@ def deepspeed_config(cfg: ExperimentConfig, ctx: ParallelContext) -> dict:
         )
     if par.offload_optimizer:
         ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": ctx.on_gpu}
+    if par.offload_optimizer and not uses_deepspeed_cpu_adam(cfg, ctx):
+        ds["zero_force_ds_cpu_optimizer"] = False
+    if uses_deepspeed_cpu_adam(cfg, ctx):
         ds["optimizer"] = {
             "type": "AdamW",
             "params": {
@@ -73,7 +82,7 @@ def build_engine(cfg: ExperimentConfig, model: torch.nn.Module, ctx: ParallelCon
     ds_config = deepspeed_config(cfg, ctx)
     groups = parameter_groups(model, t.weight_decay)
     optimizer = None
-    if not cfg.parallel.offload_optimizer:
+    if not uses_deepspeed_cpu_adam(cfg, ctx):
         optimizer = torch.optim.AdamW(
             groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps
         )
