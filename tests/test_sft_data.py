@@ -128,6 +128,88 @@ def test_gsm8k_text_format(tmp_path):
     assert [TOK.decode(e.response_ids) for e in got] == ["2+3 = 5. #### 5", "8 / 2 = 4. #### 4"]
 
 
+GSM8K_RECORD = {
+    "question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+    "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\n"
+    "In all she sold 48+24 = <<48+24=72>>72 clips.\n#### 72",
+}
+GSM8K_LINE = (
+    "Natalia sold 48 clips in April and half as many in May. How many in all?||"
+    "In May she sold 48/2 = 24 clips. In all she sold 48+24 = 72 clips. #### 72"
+)
+
+
+def test_gsm8k_jsonl_reads_as_the_line_format(tmp_path):
+    """The released GSM8K jsonl (calculator notes, one step per line) gives the same examples
+    as its `question||reasoning #### answer` line, whether named or detected."""
+    from_txt = load_sft_examples(write_lines(tmp_path / "g.txt", [GSM8K_LINE]), TOK)
+    path = jsonl(tmp_path / "g.jsonl", [GSM8K_RECORD])
+    assert load_sft_examples(path, TOK) == from_txt
+    assert load_sft_examples(path, TOK, fmt="gsm8k") == from_txt
+    (got,) = from_txt
+    assert TOK.decode(got.response_ids).endswith("= 72 clips. #### 72")
+    assert "<<" not in TOK.decode(got.response_ids)
+
+
+@pytest.mark.parametrize("fmt", ["gsm8k", "gsm8k_icot"])
+def test_gsm8k_split_cot_gives_smdm_two_samples(tmp_path, fmt):
+    path = (
+        jsonl(tmp_path / "g.jsonl", [GSM8K_RECORD, GSM8K_RECORD])
+        if fmt == "gsm8k"
+        else write_lines(tmp_path / "g.jsonl", [GSM8K_LINE, GSM8K_LINE])  # named, any suffix
+    )
+    got = load_sft_examples(path, TOK, fmt=fmt, gsm8k_split_cot=True)
+    assert len(got) == 4 and got[:2] == got[2:]
+    cot, answer = got[:2]
+    question, rest = GSM8K_LINE.split("||")
+    assert TOK.decode(cot.prompt_ids) == question
+    assert TOK.decode(cot.response_ids) == rest[: rest.index(" ####")]
+    # the answer stage sees exactly question + chain of thought, then learns " #### 72"
+    assert answer.prompt_ids == cot.prompt_ids + cot.response_ids
+    assert TOK.decode(answer.response_ids) == " #### 72"
+    # ... and together they are the unsplit example's text
+    (whole,) = load_sft_examples(write_lines(tmp_path / "w.txt", [GSM8K_LINE]), TOK)
+    assert answer.prompt_ids + answer.response_ids == whole.prompt_ids + whole.response_ids
+
+
+def test_split_cot_leaves_other_records_whole(tmp_path):
+    path = jsonl(tmp_path / "mix.jsonl", [{"prompt": "p", "response": "r #### 1"}, GSM8K_RECORD])
+    got = load_sft_examples(path, TOK, gsm8k_split_cot=True)
+    assert len(got) == 3 and TOK.decode(got[0].response_ids) == "r #### 1"
+
+
+@pytest.mark.parametrize(
+    "fmt, split, lines, problem",
+    [
+        ("gsm8k_icot", True, ["q||just reasoning"], "no '#### answer'"),
+        ("gsm8k_icot", True, ["q|| #### 5"], "empty chain of thought"),
+        ("gsm8k_icot", True, ["q||r ####  "], "empty answer"),
+        ("gsm8k", False, ['{"question": "q"}'], r"missing key 'answer' \(gsm8k; has 'question'\)"),
+        ("gsm8k", False, ['{"question": "q", "answer": 3}'], "must be strings"),
+        ("chat", False, ['{"prompt": "p", "response": "r"}'], "missing key 'messages'"),
+        ("prompt_response", False, ['{"messages": []}'], "missing key 'prompt' and 'response'"),
+    ],
+)
+def test_named_format_errors(tmp_path, fmt, split, lines, problem):
+    path = write_lines(tmp_path / "x.jsonl", lines)
+    with pytest.raises(SFTDataError, match=rf"^{re.escape(str(path))}:1: .*{problem}"):
+        load_sft_examples(path, TOK, fmt=fmt, gsm8k_split_cot=split)
+    with pytest.raises(ValueError, match="format"):
+        load_sft_examples(path, TOK, fmt="csv")
+
+
+@pytest.mark.skipif(not GSM8K_TXT.is_file(), reason="../shared/data/gsm8k not present")
+def test_gsm8k_shared_files_load_and_split():
+    txt = load_sft_examples(GSM8K_TXT, TOK, gsm8k_split_cot=True)
+    assert len(txt) == 2 * 6973
+    assert all(TOK.decode(e.response_ids).startswith(" #### ") for e in txt[1::2])
+    released = GSM8K_TXT.with_name("train.jsonl")
+    got = load_sft_examples(released, TOK)
+    assert len(got) == 7473
+    assert all("<<" not in TOK.decode(e.response_ids) for e in got)
+    assert all(re.search(r" #### -?[\d,.]+$", TOK.decode(e.response_ids)) for e in got)
+
+
 @pytest.mark.skipif(not GSM8K_TXT.is_file(), reason="../shared/data/gsm8k not present")
 def test_gsm8k_shared_file_loads():
     got = load_sft_examples(GSM8K_TXT, TOK)

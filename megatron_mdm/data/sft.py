@@ -6,7 +6,13 @@ Input formats (one example per line, streamed):
   already formatted keeps its exact text;
 - ``.jsonl`` with ``{"messages": [{"role", "content"}, ...]}``: the last message (assistant) is
   the response, the earlier ones are rendered into the prompt by a :class:`ChatTemplate`;
+- ``.jsonl`` with ``{"question": str, "answer": str}`` (GSM8K as released: the answer is the
+  reasoning, one step per line with ``<<calculator>>`` notes, then ``#### N``): normalised to the
+  line format below (notes removed, lines joined by spaces);
 - ``.txt`` with ``question||reasoning #### answer`` (the GSM8K format SMDM's math SFT reads).
+
+GSM8K problems can be expanded into SMDM's two samples per problem (``gsm8k_split_cot``):
+question -> chain of thought, and question + chain of thought -> ``#### answer``.
 
 A sequence is ``prompt + response + EOS``, then more EOS up to the padded length. The EOS pads
 belong to the response: they are masked and learned like any response token, which is how a
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,20 +44,28 @@ from megatron_mdm.model.init import stable_seed
 
 __all__ = [
     "PAD_TO",
+    "SFT_FORMATS",
     "TRUNCATION_POLICIES",
     "ChatTemplate",
     "SFTDataError",
     "SFTExample",
     "SFTMicroBatch",
     "TruncationReport",
+    "build_sft_arm_micro_batch",
     "build_sft_micro_batch",
     "fit_examples",
+    "gsm8k_line_from_record",
     "iter_sft_examples",
+    "iter_sft_groups",
     "load_sft_examples",
 ]
 
 TRUNCATION_POLICIES = ("response", "prompt_left", "drop")
 PAD_TO = ("max", "longest")
+# auto: by file and record (.txt -> gsm8k_icot; a jsonl record with "messages" -> chat, with
+# "question" -> gsm8k, otherwise prompt_response). A named format makes every line match it.
+SFT_FORMATS = ("auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot")
+_CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 _ROLES = ("system", "user", "assistant")
 
 
@@ -147,49 +162,123 @@ def _check_messages(messages: Any) -> str | None:
     return None
 
 
-def _parse_json_record(text: str, tokenizer: Tokenizer, template: ChatTemplate):
+def _parse_json_record(text: str, tokenizer: Tokenizer, template: ChatTemplate, fmt: str):
+    """(kind, prompt, response) of one jsonl line, or the problem as a string."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"invalid JSON ({exc.msg} at column {exc.colno})"
     if not isinstance(record, dict):
         return f"expected a JSON object, found {type(record).__name__}"
-    if "messages" in record:
+    if fmt == "auto":
+        fmt = "chat" if "messages" in record else "gsm8k" if "question" in record else ""
+        fmt = fmt or "prompt_response"
+    if fmt == "chat":
+        if "messages" not in record:
+            have = ", ".join(repr(k) for k in record) or "none"
+            return f"missing key 'messages' (format chat; has {have})"
         problem = _check_messages(record["messages"])
         if problem:
             return problem
         *context, answer = record["messages"]
-        prompt = template.render_prompt(context, tokenizer)
-        response = answer["content"]
-    else:
-        missing = [k for k in ("prompt", "response") if k not in record]
-        if missing:
-            have = ", ".join(repr(k) for k in record) or "none"
-            want = " and ".join(repr(k) for k in missing)
-            return f"missing key {want} (expected 'prompt'+'response' or 'messages'; has {have})"
-        prompt, response = record["prompt"], record["response"]
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            return "'prompt' and 'response' must be strings"
-    return prompt, response
+        return "chat", template.render_prompt(context, tokenizer), answer["content"]
+    if fmt == "gsm8k":
+        return _parse_gsm8k_line(gsm8k_line_from_record(record))
+    missing = [k for k in ("prompt", "response") if k not in record]
+    if missing:
+        have = ", ".join(repr(k) for k in record) or "none"
+        want = " and ".join(repr(k) for k in missing)
+        return (
+            f"missing key {want} (expected 'prompt'+'response', 'messages' or "
+            f"'question'+'answer'; has {have})"
+        )
+    prompt, response = record["prompt"], record["response"]
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        return "'prompt' and 'response' must be strings"
+    return "prompt_response", prompt, response
+
+
+def gsm8k_line_from_record(record: dict) -> str:
+    """A GSM8K jsonl record as its ``question||reasoning #### answer`` line (ValueError: why not).
+
+    The released answers put each step on its own line with ``<<48/2=24>>`` calculator notes;
+    the notes are removed (a diffusion model has no calculator to call) and the lines joined by
+    spaces, which gives the same one-line text as the ``.txt`` format, so both train alike.
+    """
+    missing = [k for k in ("question", "answer") if k not in record]
+    if missing:
+        have = ", ".join(repr(k) for k in record) or "none"
+        raise ValueError(f"missing key {' and '.join(map(repr, missing))} (gsm8k; has {have})")
+    question, answer = record["question"], record["answer"]
+    if not isinstance(question, str) or not isinstance(answer, str):
+        raise ValueError("'question' and 'answer' must be strings")
+    steps = [line.strip() for line in _CALCULATOR_NOTE.sub("", answer).splitlines()]
+    return question.strip() + "||" + " ".join(step for step in steps if step)
 
 
 def _parse_gsm8k_line(text: str):
     question, sep, response = text.partition("||")
     if not sep:
         return "expected 'question||reasoning #### answer' (no '||' separator)"
-    return question, response
+    return "gsm8k", question, response
+
+
+def _split_chain_of_thought(
+    question_ids: list[int], response: str, tokenizer: Tokenizer
+) -> tuple[SFTExample, SFTExample] | str:
+    """SMDM's two samples of one GSM8K problem: question -> chain of thought, and
+    question + chain of thought -> ``#### answer``.
+
+    The second prompt is the first example's tokens, so at inference the answer stage sees
+    exactly what the first stage produced; the answer keeps its leading space (``" #### 72"``),
+    so the second example's text is the whole original line.
+    """
+    cut = response.rfind("####")
+    if cut < 0:
+        return "no '#### answer' in the response (needed by sft.gsm8k_split_cot)"
+    cot = response[:cut].rstrip()
+    if not cot.strip():
+        return "empty chain of thought before '####' (needed by sft.gsm8k_split_cot)"
+    if not response[cut + 4 :].strip():
+        return "empty answer after '####'"
+    cot_ids = list(tokenizer.encode(cot))
+    answer_ids = list(tokenizer.encode(response[len(cot) :]))
+    return SFTExample(question_ids, cot_ids), SFTExample(question_ids + cot_ids, answer_ids)
 
 
 def iter_sft_examples(
-    path: str | os.PathLike[str], tokenizer: Tokenizer, template: ChatTemplate | None = None
+    path: str | os.PathLike[str],
+    tokenizer: Tokenizer,
+    template: ChatTemplate | None = None,
+    fmt: str = "auto",
+    gsm8k_split_cot: bool = False,
 ) -> Iterator[SFTExample]:
-    """Examples of one file, read line by line (memory stays flat whatever the file size).
+    """Examples of one file, read line by line (see :func:`iter_sft_groups`)."""
+    for group in iter_sft_groups(path, tokenizer, template, fmt, gsm8k_split_cot):
+        yield from group
 
+
+def iter_sft_groups(
+    path: str | os.PathLike[str],
+    tokenizer: Tokenizer,
+    template: ChatTemplate | None = None,
+    fmt: str = "auto",
+    gsm8k_split_cot: bool = False,
+) -> Iterator[tuple[SFTExample, ...]]:
+    """The examples of each line of one file, as a tuple (two for a split GSM8K problem), so a
+    held-out split can keep both samples of a problem on the same side. Read line by line
+    (memory stays flat whatever the file size).
+
+    ``fmt`` is one of :data:`SFT_FORMATS`; ``auto`` reads a ``.txt`` file as ``gsm8k_icot``
+    and decides per jsonl record. ``gsm8k_split_cot`` turns each GSM8K problem (either GSM8K
+    format) into SMDM's two examples; other records stay one example each.
     Blank lines are skipped. Any bad line raises :class:`SFTDataError` naming file and line.
     """
+    if fmt not in SFT_FORMATS:
+        raise ValueError(f"format {fmt!r}: choose one of {SFT_FORMATS}")
     path = Path(path)
     template = template or ChatTemplate()
-    gsm8k = path.suffix.lower() == ".txt"
+    icot = fmt == "gsm8k_icot" or (fmt == "auto" and path.suffix.lower() == ".txt")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -201,27 +290,38 @@ def iter_sft_examples(
             try:
                 parsed = (
                     _parse_gsm8k_line(text)
-                    if gsm8k
-                    else _parse_json_record(text, tokenizer, template)
+                    if icot
+                    else _parse_json_record(text, tokenizer, template, fmt)
                 )
             except ValueError as exc:  # e.g. a chat template that rejects the messages
                 raise SFTDataError(path, lineno, str(exc).splitlines()[0]) from None
             if isinstance(parsed, str):
                 raise SFTDataError(path, lineno, parsed)
-            prompt, response = parsed
+            kind, prompt, response = parsed
             if not response.strip():
                 raise SFTDataError(path, lineno, "empty response")
+            prompt_ids = list(tokenizer.encode(prompt))
+            if kind == "gsm8k" and gsm8k_split_cot:
+                pair = _split_chain_of_thought(prompt_ids, response, tokenizer)
+                if isinstance(pair, str):
+                    raise SFTDataError(path, lineno, pair)
+                yield pair
+                continue
             response_ids = list(tokenizer.encode(response))
             if not response_ids:
                 raise SFTDataError(path, lineno, "response encodes to no tokens")
-            yield SFTExample(list(tokenizer.encode(prompt)), response_ids)
+            yield (SFTExample(prompt_ids, response_ids),)
 
 
 def load_sft_examples(
-    path: str | os.PathLike[str], tokenizer: Tokenizer, template: ChatTemplate | None = None
+    path: str | os.PathLike[str],
+    tokenizer: Tokenizer,
+    template: ChatTemplate | None = None,
+    fmt: str = "auto",
+    gsm8k_split_cot: bool = False,
 ) -> list[SFTExample]:
-    """All examples of ``path`` (``.txt``: GSM8K ``||`` format; anything else: jsonl)."""
-    return list(iter_sft_examples(path, tokenizer, template))
+    """All examples of ``path`` (see :func:`iter_sft_examples`)."""
+    return list(iter_sft_examples(path, tokenizer, template, fmt, gsm8k_split_cot))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +439,41 @@ class SFTMicroBatch:
         return self.inputs.numel()
 
 
+def _padded_rows(
+    examples: Sequence[SFTExample], length: int, eos_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prompt + response`` then EOS up to ``length`` per row [b, length]; prompt lengths [b]."""
+    rows = [ex.prompt_ids + ex.response_ids for ex in examples]
+    x0 = torch.tensor([row + [eos_id] * (length - len(row)) for row in rows], dtype=torch.long)
+    return x0, torch.tensor([len(ex.prompt_ids) for ex in examples], dtype=torch.long)
+
+
+def build_sft_arm_micro_batch(
+    examples: Sequence[SFTExample], length: int, eos_id: int
+) -> SFTMicroBatch:
+    """Next-token SFT for autoregressive baselines: input ``x[:-1]``, target ``x[1:]``.
+
+    Expressed as an :class:`SFTMicroBatch` so one loss serves both objectives: ``masked`` marks
+    the targets that are response tokens (EOS pads included, the first one ends the answer),
+    ``p_mask`` is 1 and ``response_lengths`` counts those targets, so :func:`sft_loss` is the
+    mean next-token CE over response tokens (per sequence, or per token). No masking draws.
+    """
+    needed = max(len(ex.prompt_ids) + len(ex.response_ids) + 1 for ex in examples)
+    if not needed <= length:
+        raise ValueError(f"length {length} < {needed} tokens needed; run fit_examples first")
+    x0, prompt_len = _padded_rows(examples, length, eos_id)
+    target_pos = torch.arange(1, length)[None, :]  # target j is token j + 1
+    masked = target_pos >= prompt_len[:, None]
+    return SFTMicroBatch(
+        inputs=x0[:, :-1],
+        targets=x0[:, 1:],
+        masked=masked,
+        p_mask=torch.ones(len(examples)),
+        prompt_lengths=prompt_len,
+        response_lengths=masked.sum(dim=1),
+    )
+
+
 def _generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(stable_seed(*parts))
 
@@ -353,6 +488,7 @@ def build_sft_micro_batch(
     key,
     positions: Sequence[int],
     eps: float = 1e-3,
+    length: int | None = None,
 ) -> SFTMicroBatch:
     """Pad ``examples`` with EOS and mask their responses; ``positions`` are the examples'
     positions in the global batch and key every random draw.
@@ -362,6 +498,11 @@ def build_sft_micro_batch(
     LLaDA). Examples must already fit (:func:`fit_examples`). Each sample draws
     ``t ~ U[0, 1)`` and ``seq_length`` uniforms whatever the padded length, so its mask at a given
     position is the same under either padding and any micro-batch split.
+
+    ``length`` (if given) overrides ``pad_to``: pad to exactly that many tokens. The trainer
+    passes the longest example of the whole global batch, so every micro-batch of a step has
+    one shape (a pipeline schedule needs that) and the loss does not depend on how the batch
+    is split into micro-batches or ranks.
     """
     if pad_to not in PAD_TO:
         raise ValueError(f"pad_to {pad_to!r}: choose one of {PAD_TO}")
@@ -378,14 +519,11 @@ def build_sft_micro_batch(
                 f"example at position {pos} needs {n} tokens > seq_length {seq_length}; "
                 "run fit_examples first"
             )
-    length = seq_length if pad_to == "max" else max(needed)
-    rows, prompt_lengths = [], []
-    for ex in examples:
-        body = ex.prompt_ids + ex.response_ids
-        rows.append(body + [eos_id] * (length - len(body)))
-        prompt_lengths.append(len(ex.prompt_ids))
-    x0 = torch.tensor(rows, dtype=torch.long)
-    prompt_len = torch.tensor(prompt_lengths, dtype=torch.long)
+    if length is None:
+        length = seq_length if pad_to == "max" else max(needed)
+    elif not max(needed) <= length <= seq_length:
+        raise ValueError(f"length {length} outside [{max(needed)}, seq_length {seq_length}]")
+    x0, prompt_len = _padded_rows(examples, length, eos_id)
 
     t = torch.stack(
         [

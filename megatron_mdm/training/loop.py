@@ -1,4 +1,11 @@
-"""`mdm train`: set up the parallel run, then step, log and checkpoint until max_steps."""
+"""`mdm train` (and `mdm sft`): set up the parallel run, then step, log and checkpoint until
+max_steps.
+
+The Trainer does not know where batches come from: a batch source (``PretrainBatches`` here,
+``data.sft_batches.SFTBatches`` for `mdm sft`) gives each step's micro-batches and the
+validation batches, and ``training.step.objective_loss`` picks the loss from the batch type.
+Resume, preemption, checkpoints and metrics are therefore one implementation for both.
+"""
 
 from __future__ import annotations
 
@@ -38,17 +45,63 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
 
 
+class PretrainBatches:
+    """Pretraining micro-batches: megatron-core GPTDataset samples with DESIGN.md §3 masks.
+
+    A batch source gives ``train(step)`` (this rank's micro-batches of that step) and
+    ``valid(i)`` (of the i-th validation batch), says ``has_valid``, and adds ``meta()`` to
+    checkpoints; ``name`` labels the progress bar.
+    """
+
+    name = "train"
+    has_valid = True
+
+    def __init__(self, cfg: ExperimentConfig, ctx: ParallelContext, tokenizer, vocab) -> None:
+        self.cfg, self.ctx, self.vocab = cfg, ctx, vocab
+        self.gas = cfg.gradient_accumulation_steps(ctx.dp_size)
+        blend = resolve_blend(cfg, tokenizer, is_builder=ctx.is_logging_rank)
+        cache = Path(cfg.train.output_dir) / "data" / "index_cache"
+        self.sources = build_sample_sources(cfg, tokenizer, blend, cache)
+
+    def meta(self) -> dict:
+        return {}
+
+    def train(self, step: int):
+        return self._micro_batches("train", step, step * self.cfg.train.global_batch_size)
+
+    def valid(self, i: int):
+        """Masks keyed by ("valid", i), no cropping: the same samples and masks at every
+        evaluation and in every run with the same seed, so the numbers compare."""
+        g = self.cfg.train.global_batch_size
+        return self._micro_batches("valid", ("valid", i), i * g, var_len_prob=0.0)
+
+    def _micro_batches(self, split: str, key, first_index: int, var_len_prob=None):
+        t = self.cfg.train
+        return [
+            build_micro_batch(
+                self.cfg,
+                self.sources[split],
+                self.vocab.mask_id,
+                key,
+                first_index,
+                micro_batch_positions(m, self.ctx.dp_rank, t.micro_batch_size, self.ctx.dp_size),
+                var_len_prob=var_len_prob,
+            )
+            for m in range(self.gas)
+        ]
+
+
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, ctx: ParallelContext):
+    def __init__(self, cfg: ExperimentConfig, ctx: ParallelContext, batch_source=PretrainBatches):
+        """``batch_source(cfg, ctx, tokenizer, vocab)`` builds the batch source (see
+        :class:`PretrainBatches`); it is called after the tokenizer and vocabulary are known."""
         from megatron_mdm.model.builder import build_model
         from megatron_mdm.training.engine import build_engine
 
         self.cfg, self.ctx = cfg, ctx
         self.tokenizer = build_tokenizer(cfg.data.tokenizer.type, cfg.data.tokenizer.model)
         self.vocab = _vocab(cfg, self.tokenizer, ctx.tp_size)
-        blend = resolve_blend(cfg, self.tokenizer, is_builder=ctx.is_logging_rank)
-        cache = Path(cfg.train.output_dir) / "data" / "index_cache"
-        self.sources = build_sample_sources(cfg, self.tokenizer, blend, cache)
+        self.batches = batch_source(cfg, ctx, self.tokenizer, self.vocab)
         model = build_model(cfg, self.vocab, ctx.on_gpu).to(ctx.device)
         resume_from = ckpt.find_resume_checkpoint(cfg)
         resume_meta = ckpt.read_meta(resume_from) if resume_from is not None else {}
@@ -58,7 +111,6 @@ class Trainer:
         elif resume_from is None and cfg.train.init_from:
             self._load_weights(model, cfg.train.init_from)
         self.engine = build_engine(cfg, model, ctx)
-        self.gas = cfg.gradient_accumulation_steps(ctx.dp_size)
         self.step = 0
         if resume_from is not None and not weights_only:
             self.step = ckpt.load_checkpoint(self.engine, resume_from, ctx).step
@@ -93,36 +145,13 @@ class Trainer:
         if self.ctx.is_logging_rank:
             tqdm.write(message)
 
-    def micro_batches(self, split: str, key, first_index: int, var_len_prob=None):
-        t = self.cfg.train
-        return [
-            build_micro_batch(
-                self.cfg,
-                self.sources[split],
-                self.vocab.mask_id,
-                key,
-                first_index,
-                micro_batch_positions(m, self.ctx.dp_rank, t.micro_batch_size, self.ctx.dp_size),
-                var_len_prob=var_len_prob,
-            )
-            for m in range(self.gas)
-        ]
-
     def evaluate(self) -> float:
-        """Validation loss on the first `eval_iters` global batches of the valid split, with
-        masks keyed by ("valid", i): the same samples and masks at every evaluation and in every
-        run with the same seed, so the numbers compare. Full length (no variable-length crop)."""
+        """Validation loss on the first `eval_iters` validation batches of the batch source."""
         from megatron_mdm.training.step import eval_loss
 
-        t = self.cfg.train
         losses = [
-            eval_loss(
-                self.cfg,
-                self.ctx,
-                self.engine,
-                self.micro_batches("valid", ("valid", i), i * t.global_batch_size, 0.0),
-            )
-            for i in range(t.eval_iters)
+            eval_loss(self.cfg, self.ctx, self.engine, self.batches.valid(i))
+            for i in range(self.cfg.train.eval_iters)
         ]
         return sum(losses) / len(losses)
 
@@ -142,6 +171,7 @@ class Trainer:
                 "padded_size": self.vocab.padded_size,
             },
             "parallel": {"tensor": self.ctx.tp_size, "pipeline": self.ctx.pp_size},
+            **self.batches.meta(),
         }
         path = ckpt.save_checkpoint(self.engine, self.cfg, self.ctx, self.step, meta)
         self._say(f"saved checkpoint {path}")
@@ -162,12 +192,12 @@ class Trainer:
             total=t.max_steps,
             initial=self.step,
             disable=not (log.progress and ctx.is_logging_rank),
-            desc="train",
+            desc=self.batches.name,
             dynamic_ncols=True,
         )
         window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
         while self.step < t.max_steps:
-            batches = self.micro_batches("train", self.step, self.step * t.global_batch_size)
+            batches = self.batches.train(self.step)
             out = train_step(cfg, ctx, self.engine, batches)
             lr = lr_at(self.step, t)
             self.step += 1
@@ -203,8 +233,10 @@ class Trainer:
                     f"MFU {100 * record['mfu']:.2f}%"
                 )
                 window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
-            if t.eval_interval > 0 and (
-                self.step % t.eval_interval == 0 or self.step == t.max_steps
+            if (
+                t.eval_interval > 0
+                and self.batches.has_valid
+                and (self.step % t.eval_interval == 0 or self.step == t.max_steps)
             ):
                 val = self.evaluate()
                 if self.metrics is not None:

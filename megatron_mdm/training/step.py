@@ -15,13 +15,22 @@ from megatron.core import parallel_state as ps
 
 from megatron_mdm.config import ExperimentConfig
 from megatron_mdm.data.batches import MicroBatch
-from megatron_mdm.diffusion.loss import arm_loss, mdlm_loss, smdm_loss
+from megatron_mdm.data.sft import SFTMicroBatch
+from megatron_mdm.diffusion.loss import arm_loss, mdlm_loss, smdm_loss, token_cross_entropy
+from megatron_mdm.diffusion.sft_loss import sft_loss
 from megatron_mdm.parallel.distributed import ParallelContext
 from megatron_mdm.parallel.mpu import GradNormMPU
 from megatron_mdm.training.engine import deepspeed_clips
 
 
-def objective_loss(cfg: ExperimentConfig, logits: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+def objective_loss(
+    cfg: ExperimentConfig, logits: torch.Tensor, mb: MicroBatch | SFTMicroBatch
+) -> torch.Tensor:
+    """The loss of one micro-batch: SFT (DESIGN.md §4, both objectives) for SFT batches, else
+    the pretraining objective. Runs on the last pipeline stage, vocab-parallel under TP."""
+    if isinstance(mb, SFTMicroBatch):
+        ce = token_cross_entropy(logits, mb.targets)
+        return sft_loss(ce, mb.masked, mb.p_mask, mb.response_lengths, cfg.sft.normalize)
     if cfg.model.objective == "arm":
         return arm_loss(logits, mb.targets)
     if cfg.diffusion.loss == "mdlm":
