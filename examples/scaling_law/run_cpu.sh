@@ -1,0 +1,48 @@
+#!/bin/bash
+# IsoFLOP sweep on a CPU: tiny MDMs and ARMs on tinyshakespeare (byte tokenizer), three compute
+# budgets, final validation losses fitted with L(C) = a * C^(-alpha). See README.md here.
+#
+#   bash examples/scaling_law/run_cpu.sh               # from anywhere; ~15 min on 2 idle cores
+#   OUT=runs/my_sweep BUDGETS="1e11 3e11" bash examples/scaling_law/run_cpu.sh
+#
+# Re-running continues an interrupted sweep: finished runs are skipped.
+set -eu -o pipefail
+cd "$(dirname "$0")/../.."
+
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/scaling_law_cpu}
+RESULTS=${RESULTS:-examples/scaling_law/results}
+BUDGETS=${BUDGETS:-"3e10 1e11 3e11"}
+SIZES=${SIZES:-"1x16x1,1x24x2,1x32x2,1x48x3,2x48x3,2x64x4"}
+TOKENS_PER_PARAM=${TOKENS_PER_PARAM:-"2.5 400"}
+DATA=${DATA:-../shared/data/tinyshakespeare/input.txt}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+DATA_ARGS=()
+if [ -f "$DATA" ]; then
+    DATA_ARGS=(--override "data.text_file=$DATA")
+else
+    echo "$DATA not found: using the built-in synthetic corpus" >&2
+fi
+
+# One config per (objective, size, budget), sizes kept where 2.5 <= tokens/params <= 400 (a
+# window around each budget's optimum: 4 sizes per budget). seq 128 x 8 sequences = 1024 tokens
+# per step: at these budgets loss is limited by optimizer steps, and bigger batches hand every
+# minimum to the smallest model. Validation: 16 batches of 8 (half the valid split). No
+# checkpoints (runs are short), no TensorBoard.
+# shellcheck disable=SC2086  # BUDGETS and TOKENS_PER_PARAM are lists
+"$PY" tools/scaling_law.py sweep --budgets $BUDGETS --sizes "$SIZES" --objectives mdm,arm \
+    --tokens-per-param $TOKENS_PER_PARAM \
+    --out "$OUT" --seq-length 128 --global-batch 8 --micro-batch 8 --eval-iters 16 \
+    "${DATA_ARGS[@]}" \
+    --override checkpoint.save_interval=0 --override checkpoint.save_at_end=false \
+    --override logging.tensorboard=false --override logging.progress=false
+
+start=$(date +%s)
+"$PY" tools/scaling_law.py run "$OUT"
+echo "sweep wall time: $(($(date +%s) - start)) s"
+
+mkdir -p "$RESULTS"
+"$PY" tools/scaling_law.py collect "$OUT" -o "$RESULTS/results.csv"
+"$PY" tools/scaling_law.py fit "$RESULTS/results.csv" --plot "$RESULTS/isoflop.png" \
+    --title "tiny MDM vs ARM, tinyshakespeare, CPU" | tee "$RESULTS/fit.txt"

@@ -1,0 +1,8 @@
+"""The one exception the scaling-law tools raise for bad input."""
+
+from __future__ import annotations
+
+
+class ScalingLawError(ValueError):
+    """A bad manifest, results file or fit input, reported by the command line as one line
+    (``scaling_law.py fit: error: ...``, exit 2) instead of a traceback."""
