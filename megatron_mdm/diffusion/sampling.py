@@ -10,6 +10,9 @@ random draw comes from the caller's `torch.Generator`, so a seed reproduces a sa
 - `mdlm_sample`: MDLM's ancestral sampler: at each step from t to s every masked token is revealed
   with probability (t - s) / t; with `cache=True` the model is not called again while no token has
   changed (its output would be the same), which gives identical samples with fewer calls.
+
+Fast-dLLM decoding (approximate KV cache, confidence-threshold unmasking) is in
+`fast_sampling.py`, the ARM baseline's sampler in `arm_sampling.py`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,17 @@ def guided_logits(
         return model_fn(x)
     uncond = x.masked_fill(prompt_index, mask_id)
     cond_logits, uncond_logits = model_fn(torch.cat([x, uncond])).chunk(2)
-    return uncond_logits + (cfg + 1.0) * (cond_logits - uncond_logits)
+    return combine_guidance(cond_logits, uncond_logits, cfg)
+
+
+def combine_guidance(
+    cond_logits: torch.Tensor, uncond_logits: torch.Tensor, cfg: float
+) -> torch.Tensor:
+    """uncond + (w + 1) * (cond - uncond), with never-predicted ids kept at -inf."""
+    guided = uncond_logits + (cfg + 1.0) * (cond_logits - uncond_logits)
+    # Ids never predicted ([MASK], vocab padding) are -inf in both passes: -inf - -inf is nan,
+    # which argmax would pick. They stay -inf.
+    return guided.masked_fill(cond_logits.isneginf() | uncond_logits.isneginf(), -torch.inf)
 
 
 def gumbel_argmax(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
@@ -63,6 +76,27 @@ def masked_canvas(prompt: torch.Tensor, gen_length: int, mask_id: int) -> torch.
     return x
 
 
+def block_schedule(
+    gen_length: int, steps: int, block_length: int, remasking: str
+) -> tuple[int, int]:
+    """(number of blocks, steps per block), or ValueError naming the argument at fault."""
+    if min(gen_length, steps, block_length) < 1:
+        raise ValueError(
+            f"gen_length, steps and block_length must be positive "
+            f"({gen_length}, {steps}, {block_length})"
+        )
+    if gen_length % block_length:
+        raise ValueError(
+            f"gen_length {gen_length} is not a multiple of block_length {block_length}"
+        )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps {steps} is not a multiple of the number of blocks {num_blocks}")
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be low_confidence or random, not {remasking!r}")
+    return num_blocks, steps // num_blocks
+
+
 @torch.no_grad()
 def llada_sample(
     model_fn: ModelFn,
@@ -77,20 +111,11 @@ def llada_sample(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """prompt [B, P] -> [B, P + gen_length] with every generated position revealed."""
-    if gen_length % block_length:
-        raise ValueError(
-            f"gen_length {gen_length} is not a multiple of block_length {block_length}"
-        )
-    num_blocks = gen_length // block_length
-    if steps % num_blocks:
-        raise ValueError(f"steps {steps} is not a multiple of the number of blocks {num_blocks}")
-    if remasking not in ("low_confidence", "random"):
-        raise ValueError(f"remasking must be low_confidence or random, not {remasking!r}")
+    num_blocks, steps_per_block = block_schedule(gen_length, steps, block_length, remasking)
     batch, plen = prompt.shape
     x = masked_canvas(prompt, gen_length, mask_id)
     prompt_index = torch.zeros_like(x, dtype=torch.bool)
     prompt_index[:, :plen] = True
-    steps_per_block = steps // num_blocks
     for block in range(num_blocks):
         start, end = plen + block * block_length, plen + (block + 1) * block_length
         schedule = tokens_per_step((x[:, start:end] == mask_id).sum(1), steps_per_block)

@@ -6,11 +6,20 @@ so samplers and evaluators never care where the weights came from:
   (`convert.training_checkpoint`) and run on one process (megatron-core at TP=PP=1, gloo/NCCL
   world of one);
 - `--hf`: an exported `hf` folder, run with `transformers` through the shipped modeling file.
+
+Samplers with a key/value cache (ARM decoding, Fast-dLLM) need a model that takes cached keys and
+values; megatron-core's GPTModel has no such interface. `cached_model` is therefore always the
+shipped plain-torch `MDMForMaskedLM` (convert/hf_modeling/modeling_mdm.py): the exported folder's
+own model for `--hf`, and for `--ckpt` the same class built on demand from the gathered weights
+through the `hf` export mapping (`convert.layouts.to_hf`), sharing the megatron model's tensors
+where the mapping does not cut them. Both sources thus run one cached implementation.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +34,13 @@ class InferenceModel:
     eos_id: int
     objective: str
     device: torch.device
+    load_cached_model: Callable[[], object] | None = None  # builds `cached_model` when first used
+    max_length: int | None = None  # the sequence length the model was trained at
+
+    @functools.cached_property
+    def cached_model(self):
+        """`MDMForMaskedLM` with the key/value cache interface, or None if unavailable."""
+        return None if self.load_cached_model is None else self.load_cached_model()
 
 
 def _single_process_world() -> None:
@@ -40,8 +56,8 @@ def _single_process_world() -> None:
 
 def from_training_checkpoint(path: str | Path) -> InferenceModel:
     from megatron_mdm.config import from_dict
+    from megatron_mdm.convert import layouts
     from megatron_mdm.convert.commands import vocab_from_meta
-    from megatron_mdm.convert.layouts import ModelShape
     from megatron_mdm.convert.training_checkpoint import find_checkpoint
     from megatron_mdm.convert.weights import canonical_weights, load_weights_into
     from megatron_mdm.data.tokenizers import build_tokenizer
@@ -59,11 +75,17 @@ def from_training_checkpoint(path: str | Path) -> InferenceModel:
     ctx = init_distributed(cfg)
     vocab = vocab_from_meta(meta)
     model = build_model(cfg, vocab, ctx.on_gpu).to(ctx.device).eval()
-    shape = ModelShape.from_config(cfg.model, vocab)
+    shape = layouts.ModelShape.from_config(cfg.model, vocab)
     canonical = canonical_weights(ckpt, shape, vocab.padded_size)
     load_weights_into(model, canonical, ctx, cfg.model.num_layers, str(ckpt))
     tok = meta["tokenizer"]
     tokenizer = build_tokenizer(tok["type"], tok.get("model"))
+    hf_meta = layouts.config_meta(cfg, vocab, eos_token_id=tokenizer.eos_id)
+
+    def load_cached_model():
+        canonical_now = layouts.canonicalize_names(model.state_dict())
+        return torch_model_from_canonical(canonical_now, shape, hf_meta).to(ctx.device)
+
     return InferenceModel(
         model_fn=lambda x: model(x.to(ctx.device)),
         tokenizer=tokenizer,
@@ -71,7 +93,62 @@ def from_training_checkpoint(path: str | Path) -> InferenceModel:
         eos_id=tokenizer.eos_id,
         objective=cfg.model.objective,
         device=ctx.device,
+        load_cached_model=load_cached_model,
+        max_length=cfg.model.seq_length,
     )
+
+
+def from_training_checkpoint_torch(path: str | Path, objective: str | None = None):
+    """The model of a training checkpoint (any TP/PP/ZeRO, gathered) run by the plain-torch
+    `MDMForMaskedLM` for every sampler: no torch.distributed world and no megatron-core model,
+    so tests and benchmarks can load checkpoints in-process and compare samplers on one forward
+    implementation. Its logits equal megatron's within float tolerance (the `hf` export parity
+    test). `objective` overrides the attention mask (e.g. "arm": the same weights, causal, to
+    time the ARM decoder at an equal model size)."""
+    from megatron_mdm.config import from_dict
+    from megatron_mdm.convert import layouts
+    from megatron_mdm.convert.commands import vocab_from_meta
+    from megatron_mdm.convert.training_checkpoint import load_canonical
+    from megatron_mdm.data.tokenizers import build_tokenizer
+
+    canonical, meta, ckpt = load_canonical(path)
+    cfg = from_dict(meta["config"], source=str(ckpt))
+    vocab = vocab_from_meta(meta)
+    tok = meta["tokenizer"]
+    tokenizer = build_tokenizer(tok["type"], tok.get("model"))
+    hf_meta = layouts.config_meta(cfg, vocab, eos_token_id=tokenizer.eos_id)
+    if objective is not None:
+        hf_meta["objective"] = objective
+    shape = layouts.ModelShape.from_config(cfg.model, vocab)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = torch_model_from_canonical(layouts.canonicalize_names(canonical), shape, hf_meta)
+    model = model.to(device)
+    return InferenceModel(
+        model_fn=lambda x: model(input_ids=x.to(device)).logits,
+        tokenizer=tokenizer,
+        mask_id=vocab.mask_id,
+        eos_id=tokenizer.eos_id,
+        objective=hf_meta["objective"],
+        device=device,
+        load_cached_model=lambda: model,
+        max_length=cfg.model.seq_length,
+    )
+
+
+def torch_model_from_canonical(canonical: dict, shape, meta: dict):
+    """The shipped `MDMForMaskedLM` holding `canonical` weights (renamed and cut by the `hf`
+    export mapping), in eval mode. `meta` as for `layouts.hf_config`. Built on the meta device
+    and given the tensors themselves, so no random init runs and uncut tensors are not copied."""
+    from megatron_mdm.convert import layouts
+    from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
+    from megatron_mdm.convert.hf_modeling.modeling_mdm import MDMForMaskedLM
+
+    config = MDMConfig(**layouts.hf_config(shape, meta))
+    weights = layouts.to_hf(canonical, shape)
+    with torch.device("meta"):
+        model = MDMForMaskedLM(config)
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model.eval()
 
 
 def from_hf_folder(path: str | Path) -> InferenceModel:
@@ -92,4 +169,6 @@ def from_hf_folder(path: str | Path) -> InferenceModel:
         eos_id=tokenizer.eos_id,
         objective=model.config.objective,
         device=device,
+        load_cached_model=lambda: model,
+        max_length=model.config.max_position_embeddings,
     )

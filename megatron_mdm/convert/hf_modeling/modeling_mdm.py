@@ -7,9 +7,19 @@ no biases) so that an exported model reproduces the training model's logits.
 
 Attention is bidirectional for `objective="mdm"`: a masked diffusion LM denoises every position
 from the whole sequence. `objective="arm"` uses the same weights layout with a causal mask.
+
+Key/value cache (for samplers; training never uses it): `use_cache=True` returns, per layer, the
+keys (after RoPE) and values attended to, `[B, kv_heads, S, head_dim]`, as `kv_cache`.
+A later call with `kv_cache` computes only its `input_ids` positions and attends to the
+cached keys plus its own: appended after them (ARM decoding: positions `S, S+1, ...`), or, with
+`replace_at=s`, written over cached positions `s .. s+n-1` (a block in the middle of a cached
+sequence, Fast-dLLM's dual cache). Queries see every key for `mdm` and keys at positions <= their
+own for `arm`. A cache is exact for ARM; for MDM it is an approximation whenever the tokens it
+was computed from have changed since (bidirectional keys depend on the whole sequence).
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,12 +86,16 @@ class MDMAttention(nn.Module):
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask=None):
+    def forward(self, x, cos, sin, attn_mask=None, past_kv=None, replace_at=None):
+        """-> (output, (keys, values) attended to, the cache for a later call)."""
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past_kv is not None:
+            k, v = (merge_cached(old, new, replace_at) for old, new in zip(past_kv, (k, v)))
+        present = (k, v)
         if self.num_kv_heads != self.num_heads:
             # megatron's query groups are contiguous: kv head j serves q heads j*g .. j*g+g-1.
             groups = self.num_heads // self.num_kv_heads
@@ -92,10 +106,22 @@ class MDMAttention(nn.Module):
             k,
             v,
             attn_mask=attn_mask,
-            is_causal=self.causal and attn_mask is None,
+            # with a cache the model passes the causal mask itself (SDPA's is_causal is aligned
+            # to the first key, not to the query's position)
+            is_causal=self.causal and attn_mask is None and past_kv is None,
             scale=1.0 / math.sqrt(self.head_dim),
         )
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        out = self.o_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        return out, present
+
+
+def merge_cached(old: torch.Tensor, new: torch.Tensor, replace_at: int | None) -> torch.Tensor:
+    """Cached [B, H, S, D] with the new positions [B, H, n, D] appended (`replace_at` None) or
+    written over positions `replace_at .. replace_at+n-1` (the cached tensor is not modified)."""
+    if replace_at is None:
+        return torch.cat([old, new], dim=2)
+    end = replace_at + new.shape[2]
+    return torch.cat([old[:, :, :replace_at], new, old[:, :, end:]], dim=2)
 
 
 class MDMMLP(nn.Module):
@@ -118,9 +144,14 @@ class MDMDecoderLayer(nn.Module):
         self.post_attention_layernorm = MDMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MDMMLP(config)
 
-    def forward(self, x, cos, sin, attn_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, attn_mask=None, past_kv=None, replace_at=None, use_cache=False):
+        """-> hidden states, or (hidden states, this layer's (keys, values)) with `use_cache`."""
+        attn, present = self.self_attn(
+            self.input_layernorm(x), cos, sin, attn_mask, past_kv, replace_at
+        )
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return (x, present) if use_cache else x
 
 
 def build_attention_mask(
@@ -140,6 +171,35 @@ def build_attention_mask(
     if causal:
         keep = keep & torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
     return keep | torch.eye(seq_len, dtype=torch.bool, device=device)
+
+
+def cached_causal_mask(
+    offset: int, num_queries: int, num_keys: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean SDPA mask for queries at positions `offset ..` over `num_keys` cached + new keys:
+    key j is visible to query i iff j <= offset + i. None when every key is visible (one query
+    appended after the cache), so single-token ARM decoding takes SDPA's unmasked path."""
+    if offset + num_queries == num_keys and num_queries == 1:
+        return None
+    queries = torch.arange(offset, offset + num_queries, device=device)
+    return torch.arange(num_keys, device=device)[None, :] <= queries[:, None]
+
+
+# Own output classes with a `kv_cache` field: transformers renames `past_key_values` between
+# versions (5.x calls it `cache` and expects a `Cache` object); a plain tuple under our own name
+# reads the same under every version.
+@dataclass
+class MDMModelOutput(BaseModelOutput):
+    """`BaseModelOutput` plus the per-layer (keys, values) when called with `use_cache=True`."""
+
+    kv_cache: tuple | None = None
+
+
+@dataclass
+class MDMMaskedLMOutput(MaskedLMOutput):
+    """`MaskedLMOutput` plus the per-layer (keys, values) when called with `use_cache=True`."""
+
+    kv_cache: tuple | None = None
 
 
 class MDMPreTrainedModel(PreTrainedModel):
@@ -183,30 +243,58 @@ class MDMModel(MDMPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        kv_cache: tuple | list | None = None,
+        replace_at: int | None = None,
+        use_cache: bool | None = None,
         **kwargs,
     ):
         """`attention_mask` [B, L] (1 = token, 0 = padding) only masks padded keys; training
-        packs sequences without any mask, so leave it None to reproduce training numerics."""
+        packs sequences without any mask, so leave it None to reproduce training numerics.
+        `kv_cache`, `replace_at`, `use_cache`: the key/value cache (module docstring);
+        without `position_ids` the new tokens sit at positions `replace_at ..` or right after
+        the cache."""
         b, n = input_ids.shape
+        causal = self.config.objective == "arm"
+        cached = 0 if kv_cache is None else kv_cache[0][0].shape[2]
+        if replace_at is not None and not (kv_cache and 0 <= replace_at <= cached - n):
+            raise ValueError(f"replace_at={replace_at} needs a cache covering it ({cached})")
+        offset = cached if replace_at is None else replace_at
         if position_ids is None:
-            position_ids = torch.arange(n, device=input_ids.device).unsqueeze(0).expand(b, -1)
+            position_ids = torch.arange(offset, offset + n, device=input_ids.device)
+            position_ids = position_ids.unsqueeze(0).expand(b, -1)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
-        mask = build_attention_mask(attention_mask, self.config.objective == "arm", n)
+        if kv_cache is None:
+            mask = build_attention_mask(attention_mask, causal, n)
+        else:
+            if attention_mask is not None and not bool(attention_mask.bool().all()):
+                raise ValueError("padding attention_mask is not supported with kv_cache")
+            keys = cached + (n if replace_at is None else 0)
+            mask = cached_causal_mask(offset, n, keys, input_ids.device) if causal else None
 
         h = self.embed_tokens(input_ids)
         hidden_states = [] if output_hidden_states else None
-        for layer in self.layers:
+        presents = [] if use_cache else None
+        for i, layer in enumerate(self.layers):
             if hidden_states is not None:
                 hidden_states.append(h)
             if self.gradient_checkpointing and self.training:
                 h = self._gradient_checkpointing_func(layer.__call__, h, cos, sin, mask)
+            elif kv_cache is not None or use_cache:
+                past = None if kv_cache is None else kv_cache[i]
+                h, present = layer(h, cos, sin, mask, past, replace_at, use_cache=True)
+                if presents is not None:
+                    presents.append(present)
             else:
                 h = layer(h, cos, sin, mask)
         h = self.norm(h)
         if hidden_states is not None:
             hidden_states.append(h)
             hidden_states = tuple(hidden_states)
-        out = BaseModelOutput(last_hidden_state=h, hidden_states=hidden_states)
+        out = MDMModelOutput(
+            last_hidden_state=h,
+            kv_cache=tuple(presents) if presents is not None else None,
+            hidden_states=hidden_states,
+        )
         return out.to_tuple() if return_dict is False else out
 
 
@@ -242,17 +330,24 @@ class MDMForMaskedLM(MDMPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        kv_cache: tuple | list | None = None,
+        replace_at: int | None = None,
+        use_cache: bool | None = None,
         **kwargs,
     ):
         """`labels` [B, L]: plain cross-entropy over positions where labels != -100, with no shift
         (for ARM pass labels already aligned to the next token). This is a convenience for
         fine-tuning tools, not the diffusion loss: that one weights each masked token by 1/t and
-        needs the masking ratio, which only the caller knows."""
+        needs the masking ratio, which only the caller knows. The cache arguments are
+        `MDMModel.forward`'s; the logits then cover only `input_ids`' positions."""
         body = self.model(
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
+            kv_cache=kv_cache,
+            replace_at=replace_at,
+            use_cache=use_cache,
         )
         logits = self.lm_head(body.last_hidden_state).float()
         invalid = self.config.invalid_output_ids
@@ -266,7 +361,12 @@ class MDMForMaskedLM(MDMPreTrainedModel):
                 labels.reshape(-1).to(logits.device),
                 ignore_index=-100,
             )
-        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=body.hidden_states)
+        out = MDMMaskedLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=body.hidden_states,
+            kv_cache=body.kv_cache,
+        )
         return out.to_tuple() if return_dict is False else out
 
 

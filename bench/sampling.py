@@ -1,0 +1,241 @@
+"""Sampler speed on one model: LLaDA vs Fast-dLLM decoding vs MDLM vs ARM with/without KV cache.
+
+    python bench/sampling.py [--model words|quickstart | --ckpt DIR] [--prompts 8]
+        [--gen-length 64] [--block-length 16] [--threshold 0.9 0.7] [--out FILE.json]
+
+Without `--ckpt` a model is trained first into `--workdir/MODEL` (once; later runs reuse it):
+`words` (default): the quickstart architecture (4.4M parameters, byte tokenizer) for 1000 steps
+on lines of random words from a 16-word list (10-15 minutes on one CPU core); `quickstart`: the
+quickstart run itself (150 steps on the synthetic corpus), which is too unsure of its tokens for
+a confidence threshold to fire.
+
+Every sampler runs the same plain-torch model (`from_training_checkpoint_torch`), one prompt at a
+time (batch 1), greedy, `steps = gen_length` (one token per step, LLaDA's standard setting).
+Prompts: the first `--prompt-bytes` bytes of fresh `words` lines, of held-out synthetic-corpus
+documents (quickstart, `--ckpt`), or of the lines of `--prompt-file`.
+Per sampler (per prompt the fastest of `--repeats` runs, samplers interleaved): tokens/s, speed
+relative to `llada`, model calls and positions run through the model per generated token, and
+agreement with `llada`'s answer: the fraction of generated tokens that are identical, and the
+fraction of prompts whose whole answer is identical (the accuracy cost of the approximations;
+`fast none` with no threshold is LLaDA itself).
+The ARM rows time the same weights under a causal mask, generating exactly `gen_length` tokens
+(no EOS stop): a speed comparison at equal model size and length, not a quality one.
+On CPU report ratios, not absolute figures (shared cores, no accelerator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# The `words` corpus: lines of 10-20 words drawn from 16 fixed words. A small model learns the
+# spelling in minutes and is then confident inside a word and unsure at its first letter, the
+# regime where confidence-threshold decoding pays; the quickstart model after 150 steps is
+# confident almost nowhere, so a threshold changes nothing there.
+WORDS = (
+    "apple", "bridge", "candle", "dragon", "engine", "forest", "garden", "harbor", "island",
+    "jungle", "kettle", "lantern", "meadow", "needle", "orange", "pepper",
+)  # fmt: skip
+MODELS = {  # name -> (extra overrides of configs/quickstart.yaml, corpus writer or None)
+    "quickstart": ([], None),
+    "words": (["train.max_steps=1000"], "words"),
+}
+
+
+def words_lines(count: int, seed: int, length: tuple[int, int]) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(*length))) for _ in range(count)]
+
+
+def train_model(name: str, workdir: Path) -> Path:
+    """Train `name` (MODELS) into workdir/name unless a checkpoint is already there."""
+    run = workdir / name
+    if not (run / "checkpoints" / "latest").exists():
+        overrides, corpus = MODELS[name]
+        if corpus == "words":
+            text = workdir / "words.txt"
+            workdir.mkdir(parents=True, exist_ok=True)
+            text.write_text("\n".join(words_lines(4000, 0, (10, 20))) + "\n")
+            overrides = [*overrides, f"data.text_file={text}"]
+        cmd = [sys.executable, "-m", "megatron_mdm.cli", "train"]
+        cmd += [str(ROOT / "configs" / "quickstart.yaml"), f"train.output_dir={run}"]
+        cmd += ["logging.tensorboard=false", *overrides]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    return run
+
+
+def prompt_ids(tokenizer, args) -> list[list[int]]:
+    """The first `--prompt-bytes` characters of `--prompts` lines of `--prompt-file`, of fresh
+    `words` lines (that model), or of held-out synthetic-corpus documents (another seed than
+    the quickstart's training data)."""
+    if args.prompt_file:
+        docs = Path(args.prompt_file).read_text().splitlines()
+    elif args.model == "words" and not args.ckpt:
+        docs = words_lines(args.prompts * 2, 1, (12, 12))
+    else:
+        from megatron_mdm.data.synthetic_corpus import generate_corpus
+
+        docs = generate_corpus(num_documents=args.prompts * 4, seed=99)
+    docs = [d for d in docs if len(d) >= args.prompt_bytes]
+    return [tokenizer.encode(d[: args.prompt_bytes]) for d in docs[: args.prompts]]
+
+
+def sampler_table(mdm, arm, args) -> dict:
+    """name -> fn(prompt [1, P], stats) -> ids [1, P + gen_length]."""
+    from megatron_mdm.diffusion.arm_sampling import arm_sample, arm_sample_kv
+    from megatron_mdm.diffusion.fast_sampling import fast_sample
+    from megatron_mdm.diffusion.sampling import llada_sample, mdlm_sample
+
+    n, block = args.gen_length, args.block_length
+    cached = mdm.cached_model
+
+    def fast(cache, threshold):
+        def run(p, stats):
+            return fast_sample(
+                mdm.model_fn, p, mdm.mask_id, n, n, block, threshold=threshold, cache=cache,
+                cached_model=cached, stats=stats,
+            )  # fmt: skip
+
+        return run
+
+    table = {
+        "llada": lambda p, stats: llada_sample(mdm.model_fn, p, mdm.mask_id, n, n, block),
+        "mdlm (cache)": lambda p, stats: mdlm_sample(
+            mdm.model_fn, p, mdm.mask_id, n, n, generator=torch.Generator(), stats=stats
+        ),
+    }
+    for cache in ("none", "prefix", "dual"):
+        for threshold in (None, *args.threshold):
+            if cache == "none" and threshold is None:
+                continue  # that is llada
+            name = f"fast {cache}" + (f" t={threshold}" if threshold is not None else "")
+            table[name] = fast(cache, threshold)
+    table["arm (no cache)"] = lambda p, stats: arm_sample(arm.model_fn, p, n, stats=stats)
+    table["arm + KV cache"] = lambda p, stats: arm_sample_kv(arm.cached_model, p, n, stats=stats)
+    return table
+
+
+def model_calls(name: str, stats: dict, n: int) -> int:
+    """llada takes no stats: one forward pass per step, and steps = gen_length."""
+    return n if name == "llada" else stats["model_calls"]
+
+
+def run(args) -> dict:
+    from megatron_mdm.eval.inference_model import from_training_checkpoint_torch
+
+    ckpt = args.ckpt or train_model(args.model, Path(args.workdir))
+    mdm = from_training_checkpoint_torch(ckpt)
+    arm = from_training_checkpoint_torch(ckpt, objective="arm")
+    prompts = prompt_ids(mdm.tokenizer, args)
+    table = sampler_table(mdm, arm, args)
+    n = args.gen_length
+    for sample in table.values():
+        sample(torch.tensor([prompts[0]]), {})  # warm-up
+    # seconds[name][prompt]: the fastest of the repeats, samplers interleaved prompt by prompt
+    # so that the load of a shared machine falls on all of them alike
+    seconds = {name: [float("inf")] * len(prompts) for name in table}
+    answers = {name: [None] * len(prompts) for name in table}
+    calls = {name: [0] * len(prompts) for name in table}
+    positions = {name: [0] * len(prompts) for name in table}
+    for _ in range(args.repeats):
+        for i, ids in enumerate(prompts):
+            for name, sample in table.items():
+                stats = {}
+                start = time.perf_counter()
+                out = sample(torch.tensor([ids]), stats)
+                seconds[name][i] = min(seconds[name][i], time.perf_counter() - start)
+                answers[name][i] = out[0, len(ids) :].tolist()
+                calls[name][i] = model_calls(name, stats, n)
+                positions[name][i] = stats.get("positions", 0)
+    results = {}
+    for name in table:
+        total = len(prompts) * n
+        results[name] = {
+            "tokens_per_s": total / sum(seconds[name]),
+            "calls_per_token": sum(calls[name]) / total,
+            # fast only: positions run through the model (what a cache saves)
+            "positions_per_token": sum(positions[name]) / total if positions[name][0] else None,
+        }
+        print(f"{name}: {results[name]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    base = results["llada"]["tokens_per_s"]
+    for name, row in results.items():
+        row["speedup_vs_llada"] = row["tokens_per_s"] / base
+        if name.startswith("arm"):
+            continue
+        pairs = list(zip(answers[name], answers["llada"]))
+        same = sum(sum(a == b for a, b in zip(x, y)) for x, y in pairs)
+        row["token_agreement"] = same / (len(pairs) * n)
+        row["answer_agreement"] = sum(x == y for x, y in pairs) / len(pairs)
+    return {
+        "ckpt": str(ckpt),
+        "model": None if args.ckpt else args.model,
+        "prompt_file": args.prompt_file,
+        "prompts": len(prompts),
+        "gen_length": n,
+        "block_length": args.block_length,
+        "steps": n,
+        "threshold": args.threshold,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "device": str(mdm.device),
+        "results": results,
+        "sample": mdm.tokenizer.decode(prompts[0] + answers["llada"][0]),
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "| sampler | speed vs llada | model calls / token | tokens agreeing with llada "
+        "| answers identical to llada |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, row in report["results"].items():
+        agree = row.get("token_agreement")
+        whole = row.get("answer_agreement")
+        lines.append(
+            f"| {name} | {row['speedup_vs_llada']:.2f}x | {row['calls_per_token']:.2f} | "
+            + ("-" if agree is None else f"{agree:.1%}")
+            + " | "
+            + ("-" if whole is None else f"{whole:.0%}")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", help="training checkpoint (default: train --model first)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="words")
+    parser.add_argument("--workdir", default=str(ROOT / "runs" / "bench_sampling"))
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--prompt-bytes", type=int, default=24)
+    parser.add_argument("--prompt-file", help="prompts: beginnings of this file's lines")
+    parser.add_argument("--gen-length", type=int, default=64)
+    parser.add_argument("--block-length", type=int, default=16)
+    parser.add_argument("--threshold", type=float, nargs="+", default=[0.9, 0.7])
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the fastest counts")
+    parser.add_argument("--out", help="also write the report as JSON here")
+    args = parser.parse_args()
+    report = run(args)
+    print(json.dumps(report, indent=2))
+    print(markdown(report))
+    if args.out:
+        tmp = f"{args.out}.tmp{os.getpid()}"
+        Path(tmp).write_text(json.dumps(report, indent=2))
+        os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()

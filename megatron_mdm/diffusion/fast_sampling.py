@@ -1,0 +1,164 @@
+"""Fast-dLLM decoding for masked diffusion LMs (Wu et al. 2025, "Fast-dLLM: training-free
+acceleration of diffusion LLM by enabling KV cache and parallel decoding").
+
+The LLaDA sampler (`sampling.llada_sample`) runs the whole sequence through the model at every
+step. Two training-free shortcuts, switchable independently:
+
+- Approximate KV cache per semi-autoregressive block (`cache`). At the first step of a block the
+  whole sequence runs once and its keys/values are kept; the block's later steps recompute only
+  some positions, attending to the kept keys/values for the rest:
+  `prefix`: keep the prefix (prompt + finished blocks), recompute the block and everything after;
+  `dual`: keep prefix and suffix (the later, still masked blocks), recompute only the block.
+  Bidirectional keys depend on the whole sequence, so the kept ones go stale as the block's tokens
+  are revealed; the paper's observation is that they change little within one block.
+- Confidence-threshold parallel unmasking (`threshold`). Each step reveals, besides the tokens
+  the fixed schedule asks for, every masked token of the block whose confidence (probability of
+  its predicted token) exceeds `threshold`. With `steps == gen_length` the schedule asks for one
+  token per step, which is the paper's rule ("at least the most confident one"); the block ends
+  as soon as it has no mask left, so a confident model needs fewer steps.
+
+With `cache="none"` and `threshold=None` every step is exactly a LLaDA step (same forward passes,
+same random draws), so the two samplers give the same tokens. The cached modes need the model's
+cache interface (`cached_model`, called like the shipped `MDMForMaskedLM`:
+`cached_model(input_ids=..., kv_cache=..., replace_at=..., use_cache=True)`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_mdm.diffusion.sampling import (
+    ModelFn,
+    block_schedule,
+    combine_guidance,
+    guided_logits,
+    gumbel_argmax,
+    masked_canvas,
+    tokens_per_step,
+)
+
+CACHE_MODES = ("none", "prefix", "dual")
+
+
+class BlockLogits:
+    """Logits for one block's steps, through a cache or not. `__call__(x, step)` returns
+    (first position covered, logits [B, n, V]); the covered positions include the block.
+
+    Classifier-free guidance batches the unconditional copy (prompt masked) with `x` (SMDM's
+    form, `sampling.guided_logits`); with a cache both halves keep their own keys/values."""
+
+    def __init__(self, model_fn, cached_model, cache, prompt_index, cfg, mask_id, start, end):
+        self.model_fn, self.cached_model, self.cache = model_fn, cached_model, cache
+        self.prompt_index, self.cfg, self.mask_id = prompt_index, cfg, mask_id
+        self.start, self.end = start, end
+        self.kv = None
+        self.calls = 0
+        self.positions = 0  # positions run through the model, summed over calls
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg == 0:
+            return x
+        return torch.cat([x, x.masked_fill(self.prompt_index, self.mask_id)])
+
+    def _guided(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.cfg == 0:
+            return logits
+        return combine_guidance(*logits.chunk(2), self.cfg)
+
+    def __call__(self, x: torch.Tensor, step: int) -> tuple[int, torch.Tensor]:
+        self.calls += 1
+        if self.cache == "none":
+            self.positions += x.shape[1]
+            return 0, guided_logits(self.model_fn, x, self.prompt_index, self.cfg, self.mask_id)
+        inputs = self._inputs(x)
+        if step == 0:  # the whole sequence once; keep the keys/values this mode reuses
+            self.positions += x.shape[1]
+            out = self.cached_model(input_ids=inputs, use_cache=True)
+            keep = self.start if self.cache == "prefix" else x.shape[1]
+            self.kv = tuple((k[:, :, :keep], v[:, :, :keep]) for k, v in out.kv_cache)
+            return 0, self._guided(out.logits)
+        if self.cache == "prefix":  # block and suffix, after the cached prefix
+            self.positions += x.shape[1] - self.start
+            out = self.cached_model(input_ids=inputs[:, self.start :], kv_cache=self.kv)
+        else:  # dual: the block only, between the cached prefix and suffix
+            self.positions += self.end - self.start
+            out = self.cached_model(
+                input_ids=inputs[:, self.start : self.end], kv_cache=self.kv, replace_at=self.start
+            )
+        return self.start, self._guided(out.logits)
+
+
+@torch.no_grad()
+def fast_sample(
+    model_fn: ModelFn | None,
+    prompt: torch.Tensor,
+    mask_id: int,
+    gen_length: int = 128,
+    steps: int = 128,
+    block_length: int = 32,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg: float = 0.0,
+    generator: torch.Generator | None = None,
+    threshold: float | None = None,
+    cache: str = "none",
+    cached_model=None,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    """prompt [B, P] -> [B, P + gen_length]; arguments as `llada_sample`, plus `threshold`
+    (None: the fixed schedule only), `cache` (none | prefix | dual) and the `cached_model` the
+    cached modes run. `stats` receives `model_calls` and `positions` (tokens run through the
+    model, the work a cache saves)."""
+    num_blocks, steps_per_block = block_schedule(gen_length, steps, block_length, remasking)
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
+    if cache != "none" and cached_model is None:
+        raise ValueError(f"cache={cache} needs a model with a key/value cache")
+    if cache == "none" and model_fn is None:
+        raise ValueError("cache=none needs model_fn")
+    if threshold is not None and remasking != "low_confidence":
+        raise ValueError("a confidence threshold needs remasking=low_confidence")
+    batch, plen = prompt.shape
+    x = masked_canvas(prompt, gen_length, mask_id)
+    prompt_index = torch.zeros_like(x, dtype=torch.bool)
+    prompt_index[:, :plen] = True
+    calls = positions = 0
+    for block in range(num_blocks):
+        start, end = plen + block * block_length, plen + (block + 1) * block_length
+        schedule = tokens_per_step((x[:, start:end] == mask_id).sum(1), steps_per_block)
+        block_logits = BlockLogits(
+            model_fn, cached_model, cache, prompt_index, cfg, mask_id, start, end
+        )
+        for i in range(steps_per_block):
+            if not bool((x[:, start:end] == mask_id).any()):
+                break  # the threshold revealed the whole block early
+            lo, logits = block_logits(x, i)
+            view = x[:, lo : lo + logits.shape[1]]
+            masked = view == mask_id
+            x0 = gumbel_argmax(logits, temperature, generator)
+            if remasking == "low_confidence":
+                probs = torch.softmax(logits.to(torch.float64), dim=-1)
+                confidence = probs.gather(-1, x0[..., None])[..., 0]
+            else:
+                confidence = torch.rand(
+                    view.shape, generator=generator, dtype=torch.float64, device=x.device
+                )
+            confidence[:, end - lo :] = -torch.inf  # never reveal past the current block
+            confidence = torch.where(masked, confidence, -torch.inf)
+            x0 = torch.where(masked, x0, view)
+            reveal = torch.zeros_like(masked)
+            for row in range(batch):
+                k = int(schedule[row, i])
+                if threshold is not None:
+                    confident = int((confidence[row] > threshold).sum())
+                    remaining = int(torch.isfinite(confidence[row]).sum())
+                    k = min(max(k, confident, 1), remaining)
+                if k:
+                    reveal[row, torch.topk(confidence[row], k).indices] = True
+            x[:, lo : lo + logits.shape[1]] = torch.where(reveal, x0, view)
+        calls += block_logits.calls
+        positions += block_logits.positions
+    if stats is not None:
+        stats["model_calls"] = calls
+        stats["positions"] = positions
+    return x
