@@ -10,14 +10,19 @@ from conftest import ROOT, run_mdm
 from eval_models import tiny_models
 
 from megatron_mdm.cli import main as mdm_main
+from megatron_mdm.data.sft import load_sft_examples
+from megatron_mdm.data.tokenizers import build_tokenizer
 from megatron_mdm.eval.gsm8k import (
+    answer_stage_options,
     extract_hash_answer,
     extract_last_number,
     grade,
     load_problems,
     normalize_answer,
+    solve_two_stage,
 )
 from megatron_mdm.eval.loading import EvalError
+from megatron_mdm.eval.sampler_options import SamplerOptions
 
 SHARED_GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -187,3 +192,85 @@ def test_gsm8k_bad_data_is_one_line(tmp_path, capsys):
     assert err == [
         f"mdm eval gsm8k: error: {bad}:1: expected string fields 'question' and 'answer'"
     ]
+
+
+RELEASED = {  # GSM8K as released: steps on lines, calculator notes, padded question
+    "question": "  Natalia sold 48 clips in April and half as many in May. How many in all? ",
+    "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\n"
+    "In all she sold 48+24 = <<48+24=72>>72 clips.\n#### 72",
+}
+
+
+def test_two_stage_prompts_are_the_sft_split_samples(tmp_path):
+    """The stage-2 prompt is the SFT second sample's prompt when stage 1 produces the trained
+    chain of thought; the reference samples come from the SFT data path (a file on disk)."""
+    tok = build_tokenizer("byte", None)
+    sft_file = tmp_path / "train.jsonl"
+    sft_file.write_text(json.dumps(RELEASED) + "\n")
+    cot_sample, answer_sample = load_sft_examples(sft_file, tok, gsm8k_split_cot=True)
+    calls = []
+    outputs = iter([cot_sample.response_ids, answer_sample.response_ids])
+
+    def fake_generate(prompt_ids, options, seed):  # a sampler that answers as trained
+        calls.append((list(prompt_ids), options, seed))
+        return next(outputs)
+
+    options = SamplerOptions(gen_length=64, steps=32, block_length=16)
+    answer_options = answer_stage_options(options, 12, None)
+    result = solve_two_stage(
+        RELEASED["question"], tok, fake_generate, options, answer_options, (7, 8)
+    )
+    assert [c[0] for c in calls] == [cot_sample.prompt_ids, answer_sample.prompt_ids]
+    assert calls[0][1:] == (options, 7)
+    assert calls[1][1:] == (SamplerOptions(gen_length=12, steps=12, block_length=None), 8)
+    assert result["answer_prompt_ids"] == answer_sample.prompt_ids
+    assert result["prompt"] == RELEASED["question"].strip()
+    assert result["generation"] == " #### 72"
+    assert result["response"] == (
+        "In May she sold 48/2 = 24 clips. In all she sold 48+24 = 72 clips. #### 72"
+    )
+    assert grade(result["response"], "72")["correct"]
+
+
+def test_two_stage_rejects_a_prompt_template(tmp_path, capsys):
+    data = tmp_path / "g.jsonl"
+    data.write_text(json.dumps(RELEASED) + "\n")
+    args = ["eval", "gsm8k", "--hf", str(tmp_path), "--data", str(data), "--two-stage"]
+    assert mdm_main([*args, "--prompt-template", "Q: {question}"]) == 2
+    assert "--prompt-template: not used by --two-stage" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gsm8k_two_stage_end_to_end(models, tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS[1:]))  # short: seq len 32
+    out, summary = tmp_path / "gens.jsonl", tmp_path / "summary.json"
+    args = ["eval", "gsm8k", "--hf", str(models.mdm_hf), "--data", str(data), "--limit", "1"]
+    sampler = ["--gen-length", "8", "--steps", "4", "--answer-gen-length", "4"]
+    assert (
+        mdm_main(
+            [
+                *args,
+                "--two-stage",
+                *sampler,
+                "--output",
+                str(out),
+                "--no-progress",
+                "--summary",
+                str(summary),
+            ]
+        )
+        == 0
+    )
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    tok = build_tokenizer("byte", None)
+    question = PROBLEMS[1]["question"]
+    assert row["prompt"] == question and row["prompt_ids"] == list(question.encode("utf-8"))
+    cot, answer = row["chain_of_thought_ids"], row["generation_ids"]
+    assert len(cot) <= 8 and len(answer) <= 4 and tok.eos_id not in cot + answer
+    assert row["answer_prompt_ids"] == row["prompt_ids"] + cot
+    assert row["chain_of_thought"] == tok.decode(cot) and row["generation"] == tok.decode(answer)
+    assert {k: row[k] for k in grade(row["response"], "6")} == grade(row["response"], "6")
+    figures = json.loads(summary.read_text())
+    assert figures["protocol"] == "two_stage" and figures["answer_sampler.gen_length"] == 4
+    assert figures["sampler.gen_length"] == 8 and figures["problems"] == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from megatron_mdm.config import ConfigError, load_config
@@ -90,4 +92,56 @@ def test_empty_valid_split_with_eval_is_a_config_error(single_rank_world, two_co
         ],
     )
     with pytest.raises(ConfigError, match="data.split"):
+        build_sample_sources(cfg, tok, [prefixes["a"]], tmp_path / "cache")
+
+
+@pytest.fixture
+def hang_guard():
+    """Turn a hang into a failure: megatron's epoch loop on an empty split never returns."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("building the splits hung")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_tiny_file_with_default_split_builds(single_rank_world, two_corpora, tmp_path, hang_guard):
+    # 400 documents with the default split 969,30,1: the test share rounds to 0 documents.
+    tok, prefixes = two_corpora
+    cfg = load_config(
+        None,
+        [
+            "model.seq_length=16",
+            "train.global_batch_size=4",
+            "train.micro_batch_size=4",
+            "train.max_steps=3",
+            "train.eval_interval=2",
+            "train.eval_iters=1",
+        ],
+    )
+    assert cfg.data.split == "969,30,1"
+    sources = build_sample_sources(cfg, tok, [prefixes["a"]], tmp_path / "cache")
+    assert sources["test"] is None
+    assert len(sources["train"]) >= 12 and len(sources["valid"]) >= 4
+
+
+def test_read_split_without_tokens_is_a_config_error(
+    single_rank_world, two_corpora, tmp_path, hang_guard
+):
+    # The valid share of 400 documents at 999,1,0 is round(399.6) to 400: no document.
+    tok, prefixes = two_corpora
+    cfg = load_config(
+        None,
+        [
+            "model.seq_length=16",
+            "train.eval_interval=5",
+            "train.eval_iters=1",
+            "data.split=999,1,0",
+        ],
+    )
+    with pytest.raises(ConfigError, match=r"data\.split: the valid split .*corpus_a\.bin has 0 of"):
         build_sample_sources(cfg, tok, [prefixes["a"]], tmp_path / "cache")

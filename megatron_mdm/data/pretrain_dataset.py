@@ -52,14 +52,12 @@ class SampleSource:
 
 
 def split_sample_counts(cfg: ExperimentConfig) -> list[int]:
+    """Samples the run reads per split; 0 = never read (test always: training never reads it,
+    valid unless train.eval_interval > 0)."""
     t = cfg.train
     train = t.max_steps * t.global_batch_size
-    if t.eval_interval > 0:
-        valid = t.eval_iters * t.global_batch_size
-        test = t.eval_iters * t.global_batch_size
-    else:
-        valid = test = 0
-    return [train, valid, test]
+    valid = t.eval_iters * t.global_batch_size if t.eval_interval > 0 else 0
+    return [train, valid, 0]
 
 
 def blend_prefixes(blend: list) -> list[str]:
@@ -74,6 +72,36 @@ def check_prefixes(cfg: ExperimentConfig, blend: list) -> None:
                     f"{prefix}{suffix} does not exist (run `mdm preprocess` first)",
                     source=cfg.source,
                     key="data.blend",
+                )
+
+
+def check_split_sizes(cfg: ExperimentConfig, config, counts: list[int], blend: list) -> None:
+    """Fail in one line when a split the run reads holds fewer than `seq_length + 1` tokens.
+
+    megatron-core's GPTDataset adds epochs until the split yields the requested tokens, so a
+    split with no document (e.g. the 1/1000 test share of a 400-line file) loops forever.
+    Boundaries follow megatron's own: round(weight * number of documents)."""
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    need = cfg.model.seq_length + 1
+    for prefix in blend_prefixes(blend):
+        low = GPTDataset.build_low_level_dataset(prefix, config)
+        lengths = np.asarray(low.sequence_lengths)
+        n = len(lengths)
+        for name, bounds, wanted in zip(SPLITS, config.split_matrix, counts):
+            if bounds is None or wanted == 0:
+                continue
+            beg, end = int(round(bounds[0] * n)), int(round(bounds[1] * n))
+            tokens = int(lengths[beg:end].sum())
+            if tokens < need:
+                source = cfg.data.text_file or f"{prefix}.bin"
+                raise ConfigError(
+                    f"the {name} split of {source} has {end - beg} of {n} documents, "
+                    f"{tokens} tokens: fewer than one sample of model.seq_length + 1 = {need} "
+                    f"tokens; give it more text or a larger {name} weight in "
+                    f"data.split={cfg.data.split!r}",
+                    source=cfg.source,
+                    key="data.split",
                 )
 
 
@@ -101,6 +129,13 @@ def build_sample_sources(
         mmap_bin_files=True,
     )
     counts = split_sample_counts(cfg)
+    # Splits the run never reads are not built at all (None in the matrix): building one that
+    # happens to be empty would hang megatron (see check_split_sizes). The other splits keep
+    # their boundaries, so documents stay in the same split whatever the run reads.
+    config.split_matrix = [
+        bounds if wanted > 0 else None for bounds, wanted in zip(config.split_matrix, counts)
+    ]
+    check_split_sizes(cfg, config, counts, blend)
     built = BlendedMegatronDatasetBuilder(GPTDataset, counts, lambda: True, config).build()
     sources = {}
     for name, dataset, wanted in zip(SPLITS, built, counts):

@@ -54,7 +54,9 @@ __all__ = [
     "build_sft_arm_micro_batch",
     "build_sft_micro_batch",
     "fit_examples",
+    "gsm8k_answer_prompt_ids",
     "gsm8k_line_from_record",
+    "gsm8k_question_prompt",
     "iter_sft_examples",
     "iter_sft_groups",
     "load_sft_examples",
@@ -213,7 +215,25 @@ def gsm8k_line_from_record(record: dict) -> str:
     if not isinstance(question, str) or not isinstance(answer, str):
         raise ValueError("'question' and 'answer' must be strings")
     steps = [line.strip() for line in _CALCULATOR_NOTE.sub("", answer).splitlines()]
-    return question.strip() + "||" + " ".join(step for step in steps if step)
+    return gsm8k_question_prompt(question) + "||" + " ".join(step for step in steps if step)
+
+
+def gsm8k_question_prompt(question: str) -> str:
+    """The prompt text a GSM8K problem is fine-tuned on: the bare question, stripped, no template.
+
+    ``mdm eval gsm8k --two-stage`` builds its first prompt with this function, and its second
+    with :func:`gsm8k_answer_prompt_ids`, so the evaluation prompts cannot drift from training.
+    """
+    return question.strip()
+
+
+def gsm8k_answer_prompt_ids(question_ids: Sequence[int], cot_ids: Sequence[int]) -> list[int]:
+    """The prompt of SMDM's second GSM8K sample: question tokens then chain-of-thought tokens.
+
+    Concatenated as token ids, never re-tokenised as one text: at inference the chain of thought
+    is the first stage's generated ids, and training sees the same concatenation.
+    """
+    return list(question_ids) + list(cot_ids)
 
 
 def _parse_gsm8k_line(text: str):
@@ -243,7 +263,10 @@ def _split_chain_of_thought(
         return "empty answer after '####'"
     cot_ids = list(tokenizer.encode(cot))
     answer_ids = list(tokenizer.encode(response[len(cot) :]))
-    return SFTExample(question_ids, cot_ids), SFTExample(question_ids + cot_ids, answer_ids)
+    return (
+        SFTExample(question_ids, cot_ids),
+        SFTExample(gsm8k_answer_prompt_ids(question_ids, cot_ids), answer_ids),
+    )
 
 
 def iter_sft_examples(

@@ -72,7 +72,27 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     gsm.add_argument("--data", required=True, help="GSM8K jsonl (question, answer '... #### N')")
     gsm.add_argument("--limit", type=int, help="first N problems only")
     gsm.add_argument("--prompt-template", default=None, help="default: 'Question: {question}'")
+    gsm.add_argument(
+        "--protocol",
+        choices=["single", "two_stage"],
+        default="single",
+        help="two_stage: chain of thought, then ' #### N' from question + chain of thought "
+        "(for sft.gsm8k_split_cot models; prompts as the SFT data builds them)",
+    )
+    gsm.add_argument(
+        "--two-stage",
+        dest="protocol",
+        action="store_const",
+        const="two_stage",
+        help="same as --protocol two_stage",
+    )
     add_sampler_arguments(gsm, SamplerOptions(gen_length=256, steps=256))
+    gsm.add_argument(
+        "--answer-gen-length", type=int, help="two_stage: answer tokens, one block (default: 32)"
+    )
+    gsm.add_argument(
+        "--answer-steps", type=int, default=None, help="two_stage: default --answer-gen-length"
+    )
     gsm.add_argument("--seed", type=int, default=0)
     gsm.add_argument(
         "--output", default="gsm8k_generations.jsonl", help="one JSON line per problem"
@@ -220,6 +240,7 @@ def _genppl(args) -> int:
 
 def _gsm8k(args) -> int:
     from megatron_mdm.eval.gsm8k import (
+        DEFAULT_ANSWER_GEN_LENGTH,
         DEFAULT_TEMPLATE,
         evaluate_gsm8k,
         load_problems,
@@ -230,6 +251,10 @@ def _gsm8k(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit {args.limit}: must be >= 1")
+    if args.protocol == "two_stage" and args.prompt_template is not None:
+        raise EvalError(
+            "--prompt-template: not used by --two-stage (its prompts are the SFT data's)"
+        )
     problems = load_problems(args.data, args.limit)
     model = load_model(args.ckpt, args.hf)
     summary, rows = evaluate_gsm8k(
@@ -239,6 +264,11 @@ def _gsm8k(args) -> int:
         args.prompt_template or DEFAULT_TEMPLATE,
         seed=args.seed,
         progress=args.progress,
+        protocol=args.protocol,
+        answer_gen_length=(
+            DEFAULT_ANSWER_GEN_LENGTH if args.answer_gen_length is None else args.answer_gen_length
+        ),
+        answer_steps=args.answer_steps,
     )
     write_jsonl_atomic(args.output, rows)
     summary["generations"] = str(args.output)

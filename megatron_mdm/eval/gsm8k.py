@@ -9,8 +9,16 @@
   lenient figure takes the last number anywhere in the generation when there is no `####`
   (`accuracy_flexible`, lm-eval's "flexible-extract"). Both are normalised the same way: commas,
   `$` and a trailing `.` dropped, numbers compared by value (`18.00` == `18`).
-- One generation per problem, greedy by default (temperature 0), with the sampler options of
-  `mdm generate`. SMDM's second pass (generate once more from question + first answer) is not done.
+- Protocol `single` (default): one generation per problem, greedy by default (temperature 0),
+  with the sampler options of `mdm generate`.
+- Protocol `two_stage` (`--two-stage`), for a model fine-tuned with `sft.gsm8k_split_cot` (SMDM's
+  two samples per problem): stage 1 generates the chain of thought from the bare question, stage 2
+  generates the short answer (` #### N`) from question + chain of thought. Both prompts are built
+  as token ids by the SFT module's own helpers (`gsm8k_question_prompt`,
+  `gsm8k_answer_prompt_ids`), so they are exactly the prompts of the two training samples; the
+  chain of thought is the stage-1 ids cut at the first EOS (where training put the EOS). Stage 2
+  is one block of `--answer-gen-length` tokens. The graded text is the chain of thought followed
+  by the answer, decoded together (the SFT line's response).
 """
 
 from __future__ import annotations
@@ -18,14 +26,27 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from pathlib import Path
 
+from megatron_mdm.data.sft import gsm8k_answer_prompt_ids, gsm8k_question_prompt
 from megatron_mdm.eval.loading import EvalError
-from megatron_mdm.eval.sampler_options import SamplerOptions, sample_completions
+from megatron_mdm.eval.sampler_options import (
+    SamplerOptions,
+    sample_completions,
+    sample_token_ids,
+)
 from megatron_mdm.model.init import stable_seed
 
 DEFAULT_TEMPLATE = "Question: {question}"
+PROTOCOLS = ("single", "two_stage")
+DEFAULT_ANSWER_GEN_LENGTH = 32  # " #### 1,234,567" is 15 bytes: room for any GSM8K answer
+
+# (prompt ids, sampler options, seed) -> generated ids cut at the first EOS
+GenerateIds = Callable[[list[int], SamplerOptions, int], list[int]]
 _NUMBER = re.compile(r"-?[$]?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -112,6 +133,45 @@ def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def answer_stage_options(
+    options: SamplerOptions, gen_length: int, steps: int | None
+) -> SamplerOptions:
+    """Stage 2's sampler options: stage 1's, with one block of `gen_length` tokens (the answer is
+    a few tokens; a stage-1 block length need not divide it)."""
+    return replace(options, gen_length=gen_length, steps=steps or gen_length, block_length=None)
+
+
+def solve_two_stage(
+    question: str,
+    tokenizer,
+    generate: GenerateIds,
+    options: SamplerOptions,
+    answer_options: SamplerOptions,
+    seeds: tuple[int, int],
+) -> dict:
+    """SMDM's two-stage answer to one problem, as token ids and text.
+
+    Stage 1 prompt: the tokens of :func:`gsm8k_question_prompt`. Stage 2 prompt:
+    :func:`gsm8k_answer_prompt_ids` of those and the stage-1 ids (already cut at EOS by
+    `generate`). `generate` is the sampler (``sample_token_ids`` bound to a model).
+    """
+    prompt = gsm8k_question_prompt(question)
+    prompt_ids = list(tokenizer.encode(prompt))
+    cot_ids = list(generate(prompt_ids, options, seeds[0]))
+    answer_prompt_ids = gsm8k_answer_prompt_ids(prompt_ids, cot_ids)
+    answer_ids = list(generate(answer_prompt_ids, answer_options, seeds[1]))
+    return {
+        "prompt": prompt,
+        "prompt_ids": prompt_ids,
+        "chain_of_thought": tokenizer.decode(cot_ids),
+        "chain_of_thought_ids": cot_ids,
+        "answer_prompt_ids": answer_prompt_ids,
+        "generation": tokenizer.decode(answer_ids),
+        "generation_ids": answer_ids,
+        "response": tokenizer.decode(cot_ids + answer_ids),
+    }
+
+
 def evaluate_gsm8k(
     model,
     problems: list[dict],
@@ -119,31 +179,49 @@ def evaluate_gsm8k(
     template: str = DEFAULT_TEMPLATE,
     seed: int = 0,
     progress: bool = True,
+    protocol: str = "single",
+    answer_gen_length: int = DEFAULT_ANSWER_GEN_LENGTH,
+    answer_steps: int | None = None,
 ) -> tuple[dict, list[dict]]:
-    """(summary, one row per problem). Each problem's sampling seed is keyed by its index."""
+    """(summary, one row per problem). Each problem's sampling seed is keyed by its index (stage
+    1 of `two_stage` uses the `single` seed, so both protocols share the first generation)."""
     from tqdm import tqdm
 
+    if protocol not in PROTOCOLS:
+        raise EvalError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if "{question}" not in template:
         raise EvalError(f"--prompt-template {template!r}: must contain {{question}}")
+    if answer_gen_length < 1 or (answer_steps is not None and answer_steps < 1):
+        raise EvalError(
+            f"--answer-gen-length {answer_gen_length} / --answer-steps {answer_steps}: must be >= 1"
+        )
+    answer_options = answer_stage_options(options, answer_gen_length, answer_steps)
     rows, correct, flexible = [], 0, 0
-    bar = tqdm(problems, desc="gsm8k", unit="problem", disable=not progress)
+    bar = tqdm(problems, desc=f"gsm8k ({protocol})", unit="problem", disable=not progress)
     for i, problem in enumerate(bar):
-        prompt = template.replace("{question}", problem["question"])
+        seeds = stable_seed(seed, "gsm8k", i), stable_seed(seed, "gsm8k-answer", i)
         try:
-            [generation] = sample_completions(
-                model, prompt, options, seed=stable_seed(seed, "gsm8k", i)
-            )
+            if protocol == "two_stage":
+                generate = partial(_generate_ids, model)
+                row = solve_two_stage(
+                    problem["question"], model.tokenizer, generate, options, answer_options, seeds
+                )
+                graded_text = row["response"]
+            else:
+                prompt = template.replace("{question}", problem["question"])
+                [generation] = sample_completions(model, prompt, options, seed=seeds[0])
+                row = {"prompt": prompt, "generation": generation}
+                graded_text = generation
         except ValueError as exc:
             raise EvalError(str(exc)) from None
-        graded = grade(generation, problem["target"])
+        graded = grade(graded_text, problem["target"])
         correct += graded["correct"]
         flexible += graded["correct_flexible"]
         rows.append(
             {
                 "index": i,
                 "question": problem["question"],
-                "prompt": prompt,
-                "generation": generation,
+                **row,
                 "target": problem["target"],
                 **graded,
             }
@@ -155,8 +233,17 @@ def evaluate_gsm8k(
         "accuracy_flexible": flexible / n,
         "correct": correct,
         "problems": n,
-        "prompt_template": template,
+        "protocol": protocol,
         "seed": seed,
         **{f"sampler.{k}": v for k, v in vars(options).items()},
     }
+    if protocol == "two_stage":
+        summary.update({f"answer_sampler.{k}": v for k, v in vars(answer_options).items()})
+    else:
+        summary["prompt_template"] = template
     return summary, rows
+
+
+def _generate_ids(model, prompt_ids: list[int], options: SamplerOptions, seed: int) -> list[int]:
+    [ids] = sample_token_ids(model, prompt_ids, options, seed=seed)
+    return ids

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -64,13 +65,16 @@ def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
     if device.type == "cuda":
         torch.cuda.set_device(launch.local_rank)
         device = torch.device("cuda", launch.local_rank)
-    import deepspeed
+    # DeepSpeed print()s op-build chatter ("... shm_comm_op built successfully") to stdout; it
+    # goes to stderr so that `mdm generate | ...` stdout holds only results. Errors still raise.
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed
 
-    deepspeed.init_distributed(
-        dist_backend="nccl" if device.type == "cuda" else "gloo",
-        auto_mpi_discovery=False,
-        verbose=False,
-    )
+        deepspeed.init_distributed(
+            dist_backend="nccl" if device.type == "cuda" else "gloo",
+            auto_mpi_discovery=False,
+            verbose=False,
+        )
     dp_size = check_world_size(cfg, launch.world_size)
     from megatron.core import parallel_state as ps
 
