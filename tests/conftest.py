@@ -24,6 +24,16 @@ TINY_MODEL = [
     "model.seq_length=16",
 ]
 
+# A throw-away run: every step logged to metrics.jsonl, no progress bar, no TensorBoard, no resume,
+# no final checkpoint.
+SCRATCH_RUN = [
+    "logging.interval=1",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "checkpoint.resume=none",
+    "checkpoint.save_at_end=false",
+]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import QUICKSTART, TINY_MODEL, read_metrics, run_mdm
+from conftest import QUICKSTART, SCRATCH_RUN, TINY_MODEL, read_metrics, run_mdm
 from megatron_mdm.kernels.fp8_linear import (
     FP8_DTYPES,
     FP8ShapeError,
@@ -320,11 +320,7 @@ RUN = [
     f"train.max_steps={STEPS}",
     "train.warmup_steps=0",
     "diffusion.var_len_prob=0",
-    "logging.interval=1",
-    "logging.progress=false",
-    "logging.tensorboard=false",
-    "checkpoint.resume=none",
-    "checkpoint.save_at_end=false",
+    *SCRATCH_RUN,
 ]
 
 

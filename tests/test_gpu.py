@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import QUICKSTART, TINY_MODEL, read_metrics, run_mdm
+from conftest import QUICKSTART, SCRATCH_RUN, TINY_MODEL, read_metrics, run_mdm
 
 from megatron_mdm.config import load_config
 
@@ -41,11 +41,7 @@ RUN = [
     "train.global_batch_size=8",
     f"train.max_steps={STEPS}",
     "train.warmup_steps=0",
-    "logging.interval=1",
-    "logging.progress=false",
-    "logging.tensorboard=false",
-    "checkpoint.resume=none",
-    "checkpoint.save_at_end=false",
+    *SCRATCH_RUN,
 ]
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART, ROOT, free_port, read_metrics, run_mdm, subprocess_env
+from conftest import QUICKSTART, ROOT, SCRATCH_RUN, free_port, read_metrics, run_mdm, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +26,8 @@ COMMON = [
     "train.global_batch_size=4",
     f"train.max_steps={STEPS}",
     "train.warmup_steps=1",
-    "logging.interval=1",
-    "logging.progress=false",
-    "logging.tensorboard=false",
+    *SCRATCH_RUN,
     "parallel.tensor=2",
-    "checkpoint.resume=none",
-    "checkpoint.save_at_end=false",
 ]
 TIMEOUT = 600
 

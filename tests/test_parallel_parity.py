@@ -9,7 +9,7 @@ the validation loss (forward only, fixed masks) is compared as well.
 from __future__ import annotations
 
 import pytest
-from conftest import QUICKSTART, read_metrics, read_val_metrics, run_mdm
+from conftest import QUICKSTART, SCRATCH_RUN, read_metrics, read_val_metrics, run_mdm
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +23,7 @@ COMMON = [
     "diffusion.var_len_prob=0.3",
     "train.eval_interval=3",
     "train.eval_iters=1",
-    "logging.interval=1",
-    "logging.progress=false",
-    "logging.tensorboard=false",
-    "checkpoint.resume=none",
-    "checkpoint.save_at_end=false",
+    *SCRATCH_RUN,
 ]
 
 # name -> (overrides, processes). The one-process cases change how the same math is computed
