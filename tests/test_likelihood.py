@@ -121,48 +121,27 @@ def test_mc_estimator_has_lower_variance_than_per_token_masking():
     model = ToyModel()
     prompt, answer = tensors(PROMPT, ANSWER)
     exact = exact_elbo(model, PROMPT, ANSWER)
-    common = dict(mc_num=1024, cfg=0.0)
+
+    def draw(estimator, batch_size: int, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return estimator(
+            model,
+            prompt,
+            answer,
+            MASK,
+            mc_num=1024,
+            batch_size=batch_size,
+            cfg=0.0,
+            generator=generator,
+        )
+
     # Single samples, no stratification: the choice of l alone beats t-masking with 1/t weights.
-    mc1 = mc_samples(
-        model,
-        prompt,
-        answer,
-        MASK,
-        batch_size=1,
-        **common,
-        generator=torch.Generator().manual_seed(2),
-    )
-    bern1 = bernoulli_samples(
-        model,
-        prompt,
-        answer,
-        MASK,
-        batch_size=1,
-        **common,
-        generator=torch.Generator().manual_seed(2),
-    )
+    mc1, bern1 = draw(mc_samples, 1, 2), draw(bernoulli_samples, 1, 2)
     assert mc1.var() < bern1.var()
     # Both are unbiased for the same ELBO: the Bernoulli mean is only noisier.
     assert abs(mc1.mean().item() - exact) < 3 * mc1.std().item() / math.sqrt(len(mc1))
     # Stratified batches: the variance of the batch means (what the final estimate carries).
-    mc8 = mc_samples(
-        model,
-        prompt,
-        answer,
-        MASK,
-        batch_size=8,
-        **common,
-        generator=torch.Generator().manual_seed(3),
-    )
-    bern8 = bernoulli_samples(
-        model,
-        prompt,
-        answer,
-        MASK,
-        batch_size=8,
-        **common,
-        generator=torch.Generator().manual_seed(3),
-    )
+    mc8, bern8 = draw(mc_samples, 8, 3), draw(bernoulli_samples, 8, 3)
     assert mc8.view(-1, 8).mean(1).var() < bern8.view(-1, 8).mean(1).var()
     assert mc8.view(-1, 8).mean(1).var() < mc1.view(-1, 8).mean(1).var()
 
