@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TextIO
 
 DIFFUSION_SAMPLERS = ("llada", "mdlm", "fast")
@@ -237,24 +236,16 @@ def _error(message: str) -> int:
 
 
 def run_generate_args(args) -> int:
-    from megatron_mdm.eval import inference_model
+    from megatron_mdm.eval.loading import EvalError, load_model
 
     if args.prompt is None and not args.interactive:
         return _error("--prompt is required (or --interactive)")
     if args.num_samples < 1:
         return _error(f"--num-samples must be positive, not {args.num_samples}")
-    from megatron_mdm.convert.folder_io import FolderError
-    from megatron_mdm.convert.training_checkpoint import CheckpointError
-
     try:
-        if args.ckpt:
-            model = inference_model.from_training_checkpoint(args.ckpt)
-        elif not (Path(args.hf) / "config.json").is_file():
-            return _error(f"{args.hf}: not an exported folder (no config.json)")
-        else:
-            model = inference_model.from_hf_folder(args.hf)
-    except (CheckpointError, FolderError) as exc:
-        return _error(str(exc).splitlines()[0])
+        model = load_model(args.ckpt, args.hf)
+    except EvalError as exc:
+        return _error(str(exc))
     try:
         sampler = pick_sampler(args.sampler, model.objective)
         if args.interactive:
