@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from megatron_mdm.checkpointing.canonical import write_weights_checkpoint
 from megatron_mdm.config import load_config, to_dict
 from megatron_mdm.convert import commands
-from megatron_mdm.convert.training_checkpoint import write_weights_checkpoint
 from megatron_mdm.model.vocab import VocabLayout
 
 SMDM_1028M = [

@@ -20,9 +20,10 @@ from megatron_mdm.config import ModelConfig, load_config
 from megatron_mdm.data.batches import build_micro_batch, micro_batch_positions
 from megatron_mdm.data.preprocess import preprocess
 from megatron_mdm.data.pretrain_dataset import build_sample_sources
+from megatron_mdm.data.sentencepiece_training import train_sentencepiece
 from megatron_mdm.data.synthetic_corpus import write_corpus
-from megatron_mdm.data.tokenizers import build_tokenizer, train_sentencepiece
-from megatron_mdm.training.flops import flops_per_token
+from megatron_mdm.data.tokenizers import build_tokenizer
+from megatron_mdm.model.accounting import flops_per_token
 
 H100_BF16_PEAK = 989e12
 

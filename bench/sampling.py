@@ -133,7 +133,7 @@ def model_calls(name: str, stats: dict, n: int) -> int:
 
 
 def run(args) -> dict:
-    from megatron_mdm.eval.inference_model import from_training_checkpoint_torch
+    from megatron_mdm.inference.loading import from_training_checkpoint_torch
 
     ckpt = args.ckpt or train_model(args.model, Path(args.workdir))
     mdm = from_training_checkpoint_torch(ckpt)

@@ -2,7 +2,7 @@
 
 Each variant is a real `mdm train` run (same config, same data) with the given overrides; the
 figures are the mean over the logged steps after `--warmup` steps. MFU counts attention FLOPs
-for full L x L attention for both objectives (`training/flops.py`), so the ratio compares like for
+for full L x L attention for both objectives (`model/accounting.py`), so the ratio compares like for
 like. On CPU use a tiny config and read the ratios only; on a GPU the absolute numbers count.
 
 `--precisions bf16,fp8` adds the FP8/bf16 throughput ratio per objective: FP8 through the local

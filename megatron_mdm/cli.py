@@ -7,14 +7,14 @@ import argparse
 import sys
 import warnings
 
-from megatron_mdm.config import ConfigError, load_config
-from megatron_mdm.data.preprocess import (
-    add_preprocess_arguments,
+from megatron_mdm.config import load_config
+from megatron_mdm.data.preprocess import add_preprocess_arguments, run_preprocess_args
+from megatron_mdm.data.sentencepiece_training import (
     add_tokenizer_train_arguments,
-    run_preprocess_args,
     run_tokenizer_train_args,
 )
-from megatron_mdm.eval.generate import add_generate_arguments
+from megatron_mdm.inference.commands import add_generate_arguments
+from megatron_mdm.utils import QUIET_IMPORT_WARNINGS, MDMError
 
 
 def _train(args) -> int:
@@ -61,7 +61,7 @@ def _generate(args) -> int:
     from megatron_mdm.parallel.distributed import prepare_accelerator
 
     prepare_accelerator()
-    from megatron_mdm.eval.generate import run_generate_args
+    from megatron_mdm.inference.commands import run_generate_args
 
     return run_generate_args(args)
 
@@ -110,17 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# megatron-core announces at import time that optional accelerators are absent; on CPU (and with
-# the local spec) that is the expected set-up, not news.
-QUIET_IMPORT_WARNINGS = r".*(Apex is not installed|Transformer Engine and Apex are not installed).*"
-
-
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=QUIET_IMPORT_WARNINGS)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except MDMError as exc:
         print(f"mdm: error: {exc}", file=sys.stderr)
         return 2
 

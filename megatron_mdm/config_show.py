@@ -15,9 +15,9 @@ import yaml
 
 from megatron_mdm.config import ExperimentConfig, check_world_size, load_config, to_dict
 from megatron_mdm.data.byte_tokenizer import ByteTokenizer
+from megatron_mdm.model.accounting import flops_per_token, non_embedding_params, total_params
+from megatron_mdm.model.memory import GiB, MemoryEstimate, estimate_memory
 from megatron_mdm.model.vocab import VocabLayout
-from megatron_mdm.training.flops import flops_per_token, non_embedding_params, total_params
-from megatron_mdm.training.memory import GiB, MemoryEstimate, estimate_memory
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def render(cfg: ExperimentConfig, gpus: int = 8) -> str:
         f"  params on the busiest rank: {_count(mem.params_per_rank)}",
         f"  weights {_gib(mem.weights)}, grads {_gib(mem.grads)}, optimizer {_gib(mem.optimizer)}",
         f"  activations {_gib(mem.activations)}, logits {_gib(mem.logits)}"
-        " (no recomputation; formula in megatron_mdm/training/memory.py)",
+        " (no recomputation; formula in megatron_mdm/model/memory.py)",
         f"  total {_gib(mem.total)} + framework overhead (CUDA context, NCCL/DeepSpeed buffers)",
     ]
     if mem.cpu_optimizer:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "QUIET_IMPORT_WARNINGS",
     "MDMError",
     "atomic_directory",
     "atomic_path",
@@ -41,6 +42,11 @@ __all__ = [
     "one_line",
     "stable_seed",
 ]
+
+
+# megatron-core announces at import time that optional accelerators are absent; on CPU (and with
+# the local spec) that is the expected set-up, not news. Commands filter it with this pattern.
+QUIET_IMPORT_WARNINGS = r".*(Apex is not installed|Transformer Engine and Apex are not installed).*"
 
 
 def one_line(text: str) -> str:

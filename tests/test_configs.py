@@ -12,6 +12,7 @@ from conftest import ROOT, run_cli
 
 from megatron_mdm.config import check_world_size, from_dict, load_config, to_dict
 from megatron_mdm.config_show import summarize, vocab_layout
+from megatron_mdm.model.accounting import flops_per_token, non_embedding_params
 from megatron_mdm.model.families import (
     FAMILY,
     experiment_dict,
@@ -19,8 +20,7 @@ from megatron_mdm.model.families import (
     render_family_configs,
     write_family_configs,
 )
-from megatron_mdm.training.flops import flops_per_token, non_embedding_params
-from megatron_mdm.training.memory import estimate_memory, model_state_bytes
+from megatron_mdm.model.memory import estimate_memory, model_state_bytes
 
 CONFIGS = ROOT / "configs"
 ALL_YAML = sorted(CONFIGS.rglob("*.yaml"))

@@ -91,13 +91,12 @@ def test_round_trip_tp2_export_import_export_is_bit_identical(runs, fmt):
 def test_hf_export_logits_match_training_model(runs, single_rank_world, monkeypatch):
     from transformers import AutoModelForMaskedLM
 
+    from megatron_mdm.checkpointing.run_dir import read_meta, resolve_checkpoint, vocab_from_meta
+    from megatron_mdm.checkpointing.weights import canonical_weights, load_weights_into
     from megatron_mdm.config import from_dict
     from megatron_mdm.convert import layouts
-    from megatron_mdm.convert.commands import vocab_from_meta
-    from megatron_mdm.convert.weights import canonical_weights, load_weights_into
     from megatron_mdm.model.builder import build_model
     from megatron_mdm.parallel.distributed import ParallelContext
-    from megatron_mdm.training.checkpoint import read_meta, resolve_checkpoint
 
     folder = runs["root"] / "logits_hf"
     convert("export", str(runs["tp2"]), str(folder), "--format", "hf", "--dtype", "fp32")

@@ -68,7 +68,7 @@ def eval_json(tmp_path, name, *args, in_process=False, capsys=None) -> dict:
 
 
 def hf_model(path):
-    from megatron_mdm.eval.inference_model import from_hf_folder
+    from megatron_mdm.inference.loading import from_hf_folder
 
     return from_hf_folder(path)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_llada import reference_llada_sample
 from test_hf_modeling import tiny_config, tiny_model
 
 from megatron_mdm.diffusion.fast_sampling import BlockLogits, fast_sample
-from megatron_mdm.diffusion.sampling import llada_sample
+from megatron_mdm.diffusion.sampling import FullLogits, llada_sample
 
 VOCAB, MASK = 37, 36
 PROMPT = torch.tensor([[3, 9, 4, 1, 5], [2, 6, 5, 3, 5]])
@@ -27,6 +28,8 @@ def finite(t: torch.Tensor) -> torch.Tensor:
     [("low_confidence", 0.0, 0.0), ("random", 1.0, 0.0), ("low_confidence", 0.7, 1.5)],
 )
 def test_no_cache_no_threshold_is_exactly_llada(remasking, temperature, cfg):
+    """`llada` and `fast` without cache or threshold share one block loop and reveal step; both
+    must reproduce the plain LLaDA loop written out in tests/reference_llada.py draw for draw."""
     model = tiny_model(tiny_config())
     kw = dict(
         gen_length=12,
@@ -36,9 +39,13 @@ def test_no_cache_no_threshold_is_exactly_llada(remasking, temperature, cfg):
         remasking=remasking,
         cfg=cfg,
     )
-    want = llada_sample(
+    want = reference_llada_sample(
         model_fn(model), PROMPT, MASK, generator=torch.Generator().manual_seed(5), **kw
     )
+    llada = llada_sample(
+        model_fn(model), PROMPT, MASK, generator=torch.Generator().manual_seed(5), **kw
+    )
+    assert torch.equal(llada, want)
     stats = {}
     got = fast_sample(
         model_fn(model),
@@ -63,8 +70,8 @@ def test_cached_logits_equal_a_full_forward_while_nothing_changed(cache, cfg):
     x[:, 10] = 4  # one token revealed inside the current block [9, 13)
     prompt_index = torch.zeros_like(x, dtype=torch.bool)
     prompt_index[:, :5] = True
-    exact = BlockLogits(model_fn(model), None, "none", prompt_index, cfg, MASK, 9, 13)
-    cached = BlockLogits(None, model, cache, prompt_index, cfg, MASK, 9, 13)
+    exact = FullLogits(model_fn(model), prompt_index, cfg, MASK)
+    cached = BlockLogits(model, cache, prompt_index, cfg, MASK, 9, 13)
     _, full = exact(x, 0)
     lo, first = cached(x, 0)
     assert lo == 0
@@ -85,7 +92,7 @@ def test_cache_is_exact_for_a_causal_model(cache):
     token, while running fewer positions through the model."""
     model = tiny_model(tiny_config("arm", kv_heads=2))
     kw = dict(gen_length=12, steps=12, block_length=4)
-    want = llada_sample(model_fn(model), PROMPT, MASK, **kw)
+    want = reference_llada_sample(model_fn(model), PROMPT, MASK, **kw)
     stats = {}
     got = fast_sample(None, PROMPT, MASK, cache=cache, cached_model=model, stats=stats, **kw)
     assert torch.equal(got, want)

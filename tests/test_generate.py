@@ -127,7 +127,7 @@ def test_tiny_mdm_learns_a_pattern_and_llada_and_fast_continue_it(pattern_runs):
 
     from megatron_mdm.diffusion.fast_sampling import fast_sample
     from megatron_mdm.diffusion.sampling import llada_sample
-    from megatron_mdm.eval.inference_model import from_training_checkpoint_torch
+    from megatron_mdm.inference.loading import from_training_checkpoint_torch
 
     losses = [r["loss"] for r in read_metrics(pattern_runs["mdm"])]
     assert losses[0] > 2.0 and sum(losses[-3:]) / 3 < 0.5, losses  # it was really learned
@@ -249,7 +249,7 @@ def test_chat_loop_keeps_the_history_and_stops_at_quit():
     import io
 
     from megatron_mdm.data.sft import ChatTemplate
-    from megatron_mdm.eval.generate import chat_loop
+    from megatron_mdm.inference.commands import chat_loop
 
     prompts = []
 
@@ -275,7 +275,7 @@ def test_chat_loop_drops_the_oldest_exchanges_that_do_not_fit():
     import io
 
     from megatron_mdm.data.sft import ChatTemplate
-    from megatron_mdm.eval.generate import chat_loop
+    from megatron_mdm.inference.commands import chat_loop
 
     prompts = []
     chat_loop(
@@ -293,14 +293,14 @@ def test_chat_loop_drops_the_oldest_exchanges_that_do_not_fit():
     [(None, "mdm", "llada"), (None, "arm", "arm"), ("fast", "mdm", "fast"), ("arm", "arm", "arm")],
 )
 def test_sampler_default_follows_the_objective(requested, objective, expected):
-    from megatron_mdm.eval.generate import pick_sampler
+    from megatron_mdm.inference.sampling_config import pick_sampler
 
     assert pick_sampler(requested, objective) == expected
 
 
 @pytest.mark.parametrize("requested,objective", [("llada", "arm"), ("fast", "arm"), ("arm", "mdm")])
 def test_sampler_of_the_wrong_kind_is_refused(requested, objective):
-    from megatron_mdm.eval.generate import pick_sampler
+    from megatron_mdm.inference.sampling_config import pick_sampler
 
     with pytest.raises(ValueError, match=f"--sampler {requested} needs"):
         pick_sampler(requested, objective)

@@ -12,6 +12,7 @@ from eval_models import tiny_models
 from megatron_mdm.cli import main as mdm_main
 from megatron_mdm.data.sft import load_sft_examples
 from megatron_mdm.data.tokenizers import build_tokenizer
+from megatron_mdm.eval.errors import EvalError
 from megatron_mdm.eval.gsm8k import (
     answer_stage_options,
     extract_hash_answer,
@@ -21,8 +22,7 @@ from megatron_mdm.eval.gsm8k import (
     normalize_answer,
     solve_two_stage,
 )
-from megatron_mdm.eval.loading import EvalError
-from megatron_mdm.eval.sampler_options import SamplerOptions
+from megatron_mdm.inference.sampling_config import SamplingConfig
 
 SHARED_GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -215,14 +215,14 @@ def test_two_stage_prompts_are_the_sft_split_samples(tmp_path):
         calls.append((list(prompt_ids), options, seed))
         return next(outputs)
 
-    options = SamplerOptions(gen_length=64, steps=32, block_length=16)
+    options = SamplingConfig(gen_length=64, steps=32, block_length=16)
     answer_options = answer_stage_options(options, 12, None)
     result = solve_two_stage(
         RELEASED["question"], tok, fake_generate, options, answer_options, (7, 8)
     )
     assert [c[0] for c in calls] == [cot_sample.prompt_ids, answer_sample.prompt_ids]
     assert calls[0][1:] == (options, 7)
-    assert calls[1][1:] == (SamplerOptions(gen_length=12, steps=12, block_length=None), 8)
+    assert calls[1][1:] == (SamplingConfig(gen_length=12, steps=12, block_length=None), 8)
     assert result["answer_prompt_ids"] == answer_sample.prompt_ids
     assert result["prompt"] == RELEASED["question"].strip()
     assert result["generation"] == " #### 72"

@@ -10,16 +10,18 @@ import sys
 import pytest
 
 from megatron_mdm.data.preprocess import (
-    PreprocessError,
     add_preprocess_arguments,
-    add_tokenizer_train_arguments,
-    iter_documents,
     preprocess,
     run_preprocess_args,
+)
+from megatron_mdm.data.readers import PreprocessError, iter_documents
+from megatron_mdm.data.sentencepiece_training import (
+    add_tokenizer_train_arguments,
     run_tokenizer_train_args,
+    train_sentencepiece,
 )
 from megatron_mdm.data.synthetic_corpus import generate_corpus
-from megatron_mdm.data.tokenizers import build_tokenizer, train_sentencepiece
+from megatron_mdm.data.tokenizers import build_tokenizer
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 DOCS = generate_corpus(120, seed=3) + ["naïve café — ünïcode ✓", "tabs\tand  double  spaces"]

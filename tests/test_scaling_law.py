@@ -20,9 +20,9 @@ from conftest import ROOT, subprocess_env
 from test_slurm_scripts import fake_slurm
 
 from megatron_mdm.config import load_config
+from megatron_mdm.model.accounting import non_embedding_params
 from megatron_mdm.scaling.fit import fit_results
 from megatron_mdm.scaling.results import Result
-from megatron_mdm.training.flops import non_embedding_params
 
 TOOL = ROOT / "tools" / "scaling_law.py"
 HEADER = "objective,params,tokens,flops,loss"

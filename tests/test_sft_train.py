@@ -66,8 +66,8 @@ def source(cfg, dp_rank=0, dp_size=1):
 
 def load_model(cfg, ckpt):
     """The tiny model at TP=PP=1 with the checkpoint's weights, in this process."""
+    from megatron_mdm.checkpointing.weights import canonical_weights, load_weights_into
     from megatron_mdm.convert.layouts import ModelShape
-    from megatron_mdm.convert.weights import canonical_weights, load_weights_into
     from megatron_mdm.model.builder import build_model
     from megatron_mdm.parallel.distributed import ParallelContext
     from megatron_mdm.training.loop import _vocab
@@ -141,7 +141,7 @@ def test_logged_sft_loss_equals_loop_recomputation(pre, single_rank_world, norma
 
 
 def test_prompts_never_masked_and_get_no_gradient(pre, single_rank_world):
-    from megatron_mdm.training.step import objective_loss
+    from megatron_mdm.training.objective import loss_for
 
     cfg = sft_cfg(pre, "sft.pad_to=longest")
     batches = source(cfg)
@@ -160,14 +160,14 @@ def test_prompts_never_masked_and_get_no_gradient(pre, single_rank_world):
             if step == 0:
                 logits = model(mb.inputs)
                 logits.retain_grad()
-                objective_loss(cfg, logits, mb).backward()
+                loss_for(cfg, batches.kind)(logits, mb).backward()
                 row_grad = logits.grad.abs().sum(-1)
                 assert (row_grad[prompt] == 0).all() and (row_grad[mb.masked] > 0).all()
     assert masked_response > 0
 
 
 def test_arm_sft_is_next_token_ce_on_responses(pre, single_rank_world):
-    from megatron_mdm.training.step import objective_loss
+    from megatron_mdm.training.objective import loss_for
 
     cfg = sft_cfg(pre, "model.objective=arm")
     batches = source(cfg)
@@ -176,7 +176,7 @@ def test_arm_sft_is_next_token_ce_on_responses(pre, single_rank_world):
     mb = batches.train(0)[0]
     with torch.no_grad():
         logits = model(mb.inputs)
-        got = objective_loss(cfg, logits.clone(), mb).item()
+        got = loss_for(cfg, batches.kind)(logits.clone(), mb).item()
     per_seq = []
     for b, ex in enumerate(examples[:4]):
         row = ex.prompt_ids + ex.response_ids + [TOK.eos_id] * SEQ

@@ -7,8 +7,9 @@ import pickle
 import pytest
 
 from megatron_mdm.config import ConfigError
+from megatron_mdm.data.sentencepiece_training import train_sentencepiece
 from megatron_mdm.data.synthetic_corpus import generate_corpus, write_corpus
-from megatron_mdm.data.tokenizers import Tokenizer, build_tokenizer, train_sentencepiece
+from megatron_mdm.data.tokenizers import Tokenizer, build_tokenizer
 
 TEXTS = ["The old king slept.", 'A fox said: "Is the moon red?"', "line one\nline\ttwo"]
 

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer.append(f"model.seq_length={reversal_run.SEQ_LENGTH['word']}")
         reversal_run.train(preset, text, out / "mdm", "mdm", args.seed, tokenizer)
 
-    from megatron_mdm.eval.inference_model import from_training_checkpoint
+    from megatron_mdm.inference.loading import from_training_checkpoint
 
     torch.set_grad_enabled(False)
     model = from_training_checkpoint(out / "mdm")

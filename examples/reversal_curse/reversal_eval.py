@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "--mc", type=int, default=8, help="likelihood draws per MDM answer; 0: no likelihoods"
     )
     args = parser.parse_args(argv)
-    from megatron_mdm.eval.inference_model import from_training_checkpoint
+    from megatron_mdm.inference.loading import from_training_checkpoint
 
     torch.set_grad_enabled(False)
     model = from_training_checkpoint(args.ckpt)

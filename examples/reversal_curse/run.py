@@ -67,7 +67,8 @@ def word_tokenizer(text: Path, out_dir: Path) -> Path:
     training document). Vocabulary: the distinct words, the 4 specials (unk, bos, eos, pad) and
     the 4 whitespace pieces `train_sentencepiece` always adds (newline, tab, with and without
     the word-boundary mark). Checked: no training document contains an unknown token."""
-    from megatron_mdm.data.tokenizers import build_tokenizer, train_sentencepiece
+    from megatron_mdm.data.sentencepiece_training import train_sentencepiece
+    from megatron_mdm.data.tokenizers import build_tokenizer
 
     lines = text.read_text().splitlines()
     words = {w for line in lines for w in line.split()}

@@ -10,6 +10,7 @@ Every command works on the canonical (TP=1, PP=1) state dict: read -> canonical 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,14 +18,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from megatron_mdm.config import ConfigError, ExperimentConfig, from_dict, to_dict
-from megatron_mdm.convert import folder_io, layouts
-from megatron_mdm.convert.training_checkpoint import (
-    CheckpointError,
+from megatron_mdm.checkpointing import folder_io
+from megatron_mdm.checkpointing.canonical import (
+    check_canonical_shapes,
     load_canonical,
     write_weights_checkpoint,
 )
+from megatron_mdm.checkpointing.run_dir import CheckpointError, vocab_from_meta
+from megatron_mdm.config import from_dict, to_dict
+from megatron_mdm.convert import layouts
+from megatron_mdm.convert.hf_modeling import MODELING_FILES
+from megatron_mdm.data.tokenizers import build_tokenizer
 from megatron_mdm.model.vocab import VocabLayout
+from megatron_mdm.utils import MDMError
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GENERATION_DEFAULTS = {
@@ -38,55 +44,14 @@ GENERATION_DEFAULTS = {
 }
 
 
-def vocab_from_meta(meta: dict) -> VocabLayout:
-    v = meta["vocab"]
-    return VocabLayout(v["tokenizer_size"], v["mask_id"], v["padded_size"])
-
-
-def _check_shapes(canonical: dict, cfg: ExperimentConfig, vocab: VocabLayout, where: str) -> None:
-    """Shape mismatch against the config -> one line naming the tensor."""
-    m = cfg.model
-    hd = m.hidden_size // m.num_attention_heads
-    expected = {
-        "embedding.word_embeddings.weight": (vocab.padded_size, m.hidden_size),
-        "output_layer.weight": (vocab.padded_size, m.hidden_size),
-        "decoder.final_layernorm.weight": (m.hidden_size,),
-    }
-    for i in range(m.num_layers):
-        p = f"decoder.layers.{i}."
-        expected[p + "self_attention.linear_qkv.weight"] = (
-            (m.num_attention_heads + 2 * m.kv_groups) * hd,
-            m.hidden_size,
-        )
-        expected[p + "self_attention.linear_proj.weight"] = (
-            m.hidden_size,
-            m.num_attention_heads * hd,
-        )
-        expected[p + "mlp.linear_fc1.weight"] = (2 * m.ffn_size, m.hidden_size)
-        expected[p + "mlp.linear_fc2.weight"] = (m.hidden_size, m.ffn_size)
-        expected[p + "input_layernorm.weight"] = (m.hidden_size,)
-        expected[p + "pre_mlp_layernorm.weight"] = (m.hidden_size,)
-    for name, shape in expected.items():
-        if name not in canonical:
-            raise CheckpointError(f"{where}: missing tensor {name}")
-        if tuple(canonical[name].shape) != shape:
-            raise CheckpointError(
-                f"{where}: tensor {name} has shape {tuple(canonical[name].shape)}, "
-                f"the config says {shape}"
-            )
-    extra = sorted(set(canonical) - set(expected))
-    if extra:
-        raise CheckpointError(f"{where}: unexpected tensor {extra[0]}")
-
-
 def export(args) -> dict:
     start = time.perf_counter()
     canonical, meta, ckpt = load_canonical(args.ckpt_dir, fp32_master=args.fp32_master)
     cfg = from_dict(meta["config"], source=str(ckpt))
     vocab = vocab_from_meta(meta)
     canonical = layouts.canonicalize_names(canonical)
-    _check_shapes(canonical, cfg, vocab, str(ckpt))
     shape = layouts.ModelShape.from_config(cfg.model, vocab)
+    check_canonical_shapes(canonical, shape, vocab.padded_size, str(ckpt))
     layout = layouts.LAYOUTS[args.format]
     tensors = {k: v.to(DTYPES[args.dtype]) for k, v in layout.export(canonical, shape).items()}
     with folder_io.atomic_folder(args.out_dir) as staging:
@@ -114,10 +79,6 @@ def export(args) -> dict:
             },
         )
         if args.format == "hf":
-            import shutil
-
-            from megatron_mdm.convert.hf_modeling import MODELING_FILES
-
             for path in MODELING_FILES:
                 shutil.copy2(path, staging / Path(path).name)
     return _summary("export", len(tensors), nbytes, start, args.out_dir)
@@ -178,8 +139,6 @@ def _experiment_for_import(fmt: str, src: Path):
     model["mask_token_id"] = config.get("mask_token_id", mask_default)
     tokenizer = folder_io.read_tokenizer(src)
     cfg = from_dict({"model": model, "data": {"tokenizer": tokenizer}}, source=str(where))
-    from megatron_mdm.data.tokenizers import build_tokenizer
-
     tok = build_tokenizer(tokenizer["type"], tokenizer.get("model"))
     vocab = VocabLayout.build(
         tok.vocab_size, cfg.model.mask_token_id, cfg.model.make_vocab_size_divisible_by, 1
@@ -218,8 +177,7 @@ def import_(args) -> dict:
     tensors = folder_io.load_safetensors(src)
     canonical = layouts.LAYOUTS[args.format].import_(tensors, shape, vocab.padded_size)
     canonical = {k: v.float() for k, v in canonical.items()}  # training checkpoints are fp32
-    cfg = from_dict(meta["config"], source=str(src))
-    _check_shapes(canonical, cfg, vocab, str(src))
+    check_canonical_shapes(canonical, shape, vocab.padded_size, str(src))
     out = Path(args.out_ckpt_dir)
     meta["tokenizer"]["model"] = _relocated_tokenizer_model(meta["tokenizer"], src, out)
     meta["config"]["data"]["tokenizer"]["model"] = meta["tokenizer"]["model"]
@@ -296,7 +254,7 @@ def run_convert_args(args) -> int:
     commands = {"export": export, "import": import_, "reshard": reshard}
     try:
         summary = commands[args.convert_command](args)
-    except (CheckpointError, folder_io.FolderError, layouts.LayoutError, ConfigError) as exc:
+    except MDMError as exc:
         print(f"mdm convert {args.convert_command}: error: {exc}", file=sys.stderr)
         return 2
     print(

@@ -60,6 +60,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from megatron_mdm.convert.hf_modeling.configuration_mdm import AUTO_MAP
+from megatron_mdm.utils import MDMError
+
 if TYPE_CHECKING:
     from megatron_mdm.config import ExperimentConfig, ModelConfig
     from megatron_mdm.model.vocab import VocabLayout
@@ -70,7 +73,7 @@ StateDict = dict[str, Tensor]
 FORMATS = ("hf", "llada", "smdm")
 
 
-class LayoutError(ValueError):
+class LayoutError(MDMError):
     """One line naming the tensor at fault, its expected and its found shape."""
 
 
@@ -469,7 +472,6 @@ def _special_ids(meta: Mapping[str, Any]) -> dict[str, int]:
 
 def hf_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
     """`MDMConfig` fields (convert/hf_modeling/configuration_mdm.py), loadable by AutoConfig."""
-    from megatron_mdm.convert.hf_modeling.configuration_mdm import AUTO_MAP
 
     tokenizer_size, mask_id = _vocab_ids(shape, meta)
     invalid = sorted({mask_id, *range(tokenizer_size, shape.n_vocab)})

@@ -11,6 +11,7 @@ every evaluation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 
@@ -36,6 +37,28 @@ class MicroBatch:
     @property
     def num_tokens(self) -> int:
         return self.inputs.numel()
+
+
+BatchKind = Literal["pretrain", "sft"]
+
+
+class BatchSource(Protocol):
+    """What the Trainer asks of the data: this rank's micro-batches of step `s` (`train`) and of
+    the i-th validation batch (`valid`), whether there is validation data, what a checkpoint
+    records about the data (`meta`), a label for the progress bar (`name`), and which loss the
+    batches are for (`kind`: the Trainer picks the loss once from it)."""
+
+    name: str
+    kind: BatchKind
+
+    @property
+    def has_valid(self) -> bool: ...
+
+    def train(self, step: int) -> list: ...
+
+    def valid(self, i: int) -> list: ...
+
+    def meta(self) -> dict: ...
 
 
 def micro_batch_positions(micro: int, dp_rank: int, micro_batch_size: int, dp_size: int):

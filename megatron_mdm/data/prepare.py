@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from megatron_mdm.config import ConfigError, ExperimentConfig
+from megatron_mdm.data.preprocess import preprocess
 from megatron_mdm.data.synthetic_corpus import write_corpus
 
 
@@ -39,8 +40,6 @@ def resolve_blend(cfg: ExperimentConfig, tokenizer, is_builder: bool) -> list:
     if is_builder and not (
         prefix.with_suffix(".bin").exists() and prefix.with_suffix(".idx").exists()
     ):
-        from megatron_mdm.data.preprocess import preprocess
-
         if not cfg.data.text_file:
             write_corpus(text)
         preprocess([str(text)], str(prefix), tokenizer, workers=1, progress=True)

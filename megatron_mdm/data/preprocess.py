@@ -16,265 +16,45 @@ Choices that matter at corpus scale:
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from megatron_mdm.config import ConfigError
+from megatron_mdm.data.readers import (
+    SPLIT_MODES,
+    Counters,
+    InputSource,
+    PreprocessError,
+    check_split_mode,
+    read_documents,
+    resolve_input,
+)
 from megatron_mdm.data.tokenizers import (
     TOKENIZER_TYPES,
     Tokenizer,
     TokenizerSpec,
     build_tokenizer,
-    train_sentencepiece,
 )
 
 __all__ = [
-    "PreprocessError",
     "add_preprocess_arguments",
-    "add_tokenizer_train_arguments",
-    "iter_documents",
+    "cli_error",
     "preprocess",
     "run_preprocess_args",
-    "run_tokenizer_train_args",
 ]
-
-SPLIT_MODES = ("line", "none")
-JSONL_SUFFIXES = (".jsonl", ".json")  # Megatron's tools call JSON-lines files .json
-PARQUET_SUFFIXES = (".parquet",)
-_HF_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-# A bare `name` or `owner/name` with no file suffix is taken for a `datasets` dataset name.
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_FILE_SUFFIXES = (".txt", ".text", ".md", *JSONL_SUFFIXES, *PARQUET_SUFFIXES, ".gz", ".csv")
 
 _CHUNK_DOCS = 256  # documents per worker task: large enough to amortise pickling
 _CHUNK_CHARS = 1 << 20  # ... but bounded in size, whatever the document lengths
-_PARQUET_BATCH = 1024
-
-
-class PreprocessError(ValueError):
-    """Bad input, as one line: ``FILE[:LINE]: what is wrong``."""
-
-
-@dataclass
-class _Counters:
-    """Running totals kept by the readers: input consumed (for the progress bar) and skips."""
-
-    bytes: int = 0  # bytes of text/jsonl files read, skipped lines included
-    records: int = 0  # lines, rows or records read, skipped ones included
-    empty: int = 0  # empty lines / empty text values skipped
-
-
-@dataclass
-class _Input:
-    path: str
-    kind: str  # text | jsonl | parquet | hf
-    size: int = 0  # bytes on disk (text, jsonl)
-    rows: int | None = None  # records (parquet, hf)
-    dataset: Any = None  # the loaded `datasets.Dataset` (hf)
-
-
-# ------------------------------------------------------------------------------------------------
-# Readers
-# ------------------------------------------------------------------------------------------------
-
-
-def _resolve(path: str, json_key: str, hf_split: str) -> _Input:
-    """Classify and check one input before anything is written, so a typo fails at once."""
-    p = Path(path)
-    if p.is_dir():
-        return _load_hf(path, json_key, hf_split)
-    if p.is_file():
-        suffix = p.suffix.lower()
-        if suffix in PARQUET_SUFFIXES:
-            return _open_parquet(path, json_key)
-        kind = "jsonl" if suffix in JSONL_SUFFIXES else "text"
-        try:
-            return _Input(path, kind, size=p.stat().st_size)
-        except OSError as exc:
-            raise PreprocessError(f"{path}: {exc.strerror}") from None
-    if p.exists():
-        raise PreprocessError(f"{path}: not a regular file or directory")
-    if _DATASET_NAME.match(path) and not path.lower().endswith(_FILE_SUFFIXES):
-        return _load_hf(path, json_key, hf_split)
-    raise PreprocessError(f"{path}: no such file or directory")
-
-
-def _decode_line(raw: bytes, path: str, lineno: int) -> str:
-    try:
-        # utf-8-sig on line 1 drops a byte-order mark instead of making it part of the text.
-        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-    except UnicodeDecodeError as exc:
-        raise PreprocessError(
-            f"{path}:{lineno}: invalid UTF-8 at byte {exc.start} of the line ({exc.reason})"
-        ) from None
-
-
-def _read_text(src: _Input, split_documents: str, counters: _Counters) -> Iterator[str]:
-    with open(src.path, "rb") as f:
-        if split_documents == "none":
-            parts = []
-            for lineno, raw in enumerate(f, 1):
-                parts.append(_decode_line(raw, src.path, lineno))
-                counters.bytes += len(raw)
-            counters.records += 1
-            text = "".join(parts).rstrip("\r\n")
-            if text.strip():
-                yield text
-            return
-        for lineno, raw in enumerate(f, 1):
-            text = _decode_line(raw, src.path, lineno).rstrip("\r\n")
-            counters.bytes += len(raw)
-            counters.records += 1
-            if not text.strip():
-                counters.empty += 1
-                continue
-            yield text
-
-
-def _text_value(value: Any, json_key: str, where: str, counters: _Counters) -> str | None:
-    """A record's text, or None when it is empty (counted as skipped)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        counters.empty += 1
-        return None
-    if not isinstance(value, str):
-        raise PreprocessError(f"{where}: {json_key!r} is {type(value).__name__}, expected a string")
-    return value
-
-
-def _read_jsonl(src: _Input, json_key: str, counters: _Counters) -> Iterator[str]:
-    with open(src.path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = _decode_line(raw, src.path, lineno)
-            counters.bytes += len(raw)
-            counters.records += 1
-            where = f"{src.path}:{lineno}"
-            if not line.strip():
-                counters.empty += 1
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PreprocessError(
-                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno})"
-                ) from None
-            if not isinstance(obj, dict):
-                raise PreprocessError(
-                    f"{where}: expected a JSON object, found {type(obj).__name__}"
-                )
-            if json_key not in obj:
-                keys = ", ".join(repr(k) for k in obj) or "none"
-                raise PreprocessError(f"{where}: no key {json_key!r} (keys: {keys})")
-            text = _text_value(obj[json_key], json_key, where, counters)
-            if text is not None:
-                yield text
-
-
-def _open_parquet(path: str, json_key: str) -> _Input:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        reason = " ".join(str(exc).split())
-        raise PreprocessError(f"{path}: not a readable parquet file ({reason})") from None
-    names = pf.schema_arrow.names
-    if json_key not in names:
-        cols = ", ".join(repr(n) for n in names) or "none"
-        raise PreprocessError(f"{path}: no column {json_key!r} (columns: {cols})")
-    return _Input(path, "parquet", rows=pf.metadata.num_rows, dataset=pf)
-
-
-def _read_parquet(src: _Input, json_key: str, counters: _Counters) -> Iterator[str]:
-    row = 0
-    # iter_batches reads one row group at a time and only the one column.
-    for batch in src.dataset.iter_batches(batch_size=_PARQUET_BATCH, columns=[json_key]):
-        for value in batch.column(0).to_pylist():
-            row += 1
-            counters.records += 1
-            text = _text_value(value, json_key, f"{src.path}: row {row}", counters)
-            if text is not None:
-                yield text
-
-
-def _load_hf(path: str, json_key: str, hf_split: str) -> _Input:
-    import datasets
-
-    p = Path(path)
-    try:
-        if p.is_dir() and any((p / m).is_file() for m in _HF_SAVED_MARKERS):
-            ds = datasets.load_from_disk(path)
-        else:
-            ds = datasets.load_dataset(path, split=hf_split)
-    except Exception as exc:  # datasets raises many types (FileNotFoundError, ValueError, ...)
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise PreprocessError(f"{path}: cannot load as a dataset ({reason})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if hf_split not in ds:
-            splits = ", ".join(repr(s) for s in ds) or "none"
-            raise PreprocessError(f"{path}: no split {hf_split!r} (splits: {splits})")
-        ds = ds[hf_split]
-    if json_key not in (ds.column_names or []):
-        cols = ", ".join(repr(c) for c in ds.column_names or []) or "none"
-        raise PreprocessError(f"{path}: no column {json_key!r} (columns: {cols})")
-    return _Input(path, "hf", rows=len(ds), dataset=ds.select_columns([json_key]))
-
-
-def _read_hf(src: _Input, json_key: str, counters: _Counters) -> Iterator[str]:
-    row = 0
-    for batch in src.dataset.iter(batch_size=_PARQUET_BATCH):  # memory-mapped arrow, batch-wise
-        for value in batch[json_key]:
-            row += 1
-            counters.records += 1
-            text = _text_value(value, json_key, f"{src.path}: row {row}", counters)
-            if text is not None:
-                yield text
-
-
-def _read(src: _Input, json_key: str, split_documents: str, counters: _Counters) -> Iterator[str]:
-    if src.kind == "text":
-        docs = _read_text(src, split_documents, counters)
-    elif src.kind == "jsonl":
-        docs = _read_jsonl(src, json_key, counters)
-    elif src.kind == "parquet":
-        docs = _read_parquet(src, json_key, counters)
-    else:
-        docs = _read_hf(src, json_key, counters)
-    count, empty_before = 0, counters.empty
-    for doc in docs:
-        count += 1
-        yield doc
-    if count == 0:
-        what = "empty file" if src.kind != "hf" else "empty dataset"
-        if counters.empty > empty_before:
-            what = "only empty lines or empty texts"
-        raise PreprocessError(f"{src.path}: no documents ({what})")
-
-
-def _check_options(split_documents: str) -> None:
-    if split_documents not in SPLIT_MODES:
-        raise PreprocessError(f"split_documents={split_documents!r}: choose one of {SPLIT_MODES}")
-
-
-def iter_documents(
-    path: str, json_key: str = "text", split_documents: str = "line", hf_split: str = "train"
-) -> Iterator[str]:
-    """The documents of one input, lazily, exactly as :func:`preprocess` sees them."""
-    _check_options(split_documents)
-    yield from _read(_resolve(path, json_key, hf_split), json_key, split_documents, _Counters())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,7 +112,7 @@ def _chunks(sources, json_key, split_documents, counters) -> Iterator[tuple]:
     chars = 0
     seen_bytes = seen_records = 0
     for src in sources:
-        for doc in _read(src, json_key, split_documents, counters):
+        for doc in read_documents(src, json_key, split_documents, counters):
             texts.append(doc)
             chars += len(doc)
             if len(texts) >= _CHUNK_DOCS or chars >= _CHUNK_CHARS:
@@ -385,7 +165,7 @@ def _encoded(tokenizer, dtype, chunks: Iterator[tuple], workers: int) -> Iterato
 # ------------------------------------------------------------------------------------------------
 
 
-def _progress_bar(sources: list[_Input], enabled: bool):
+def _progress_bar(sources: list[InputSource], enabled: bool):
     """Bytes when every input is a text/jsonl file (the total is known), else records."""
     from tqdm import tqdm
 
@@ -425,10 +205,10 @@ def preprocess(
     """
     if not inputs:
         raise PreprocessError("no inputs given")
-    _check_options(split_documents)
+    check_split_mode(split_documents)
     if workers < 1:
         raise PreprocessError(f"workers={workers}: must be >= 1")
-    sources = [_resolve(str(p), json_key, hf_split) for p in inputs]
+    sources = [resolve_input(str(p), json_key, hf_split) for p in inputs]
 
     with warnings.catch_warnings():  # megatron-core announces absent optional accelerators
         warnings.simplefilter("ignore")
@@ -438,7 +218,7 @@ def preprocess(
     prefix = str(output_prefix)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{prefix}.tmp-{os.getpid()}"
-    counters = _Counters()
+    counters = Counters()
     documents = tokens = text_bytes = 0
     start = time.perf_counter()
     builder = results = None
@@ -526,7 +306,7 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     return parser
 
 
-def _cli_error(command: str, exc: BaseException) -> int:
+def cli_error(command: str, exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.strerror:
         text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     else:
@@ -549,41 +329,8 @@ def run_preprocess_args(args: argparse.Namespace) -> int:
             progress=not getattr(args, "no_progress", False),
         )
     except (PreprocessError, ConfigError, OSError) as exc:
-        return _cli_error("preprocess", exc)
+        return cli_error("preprocess", exc)
     except KeyboardInterrupt:  # the partial output is already removed
         print("mdm preprocess: interrupted", file=sys.stderr)
         return 130
-    return 0
-
-
-def add_tokenizer_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--type", default="sentencepiece", choices=("sentencepiece",))
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH", help="training text")
-    parser.add_argument(
-        "--model-prefix", required=True, metavar="PREFIX", help="writes .model/.vocab"
-    )
-    parser.add_argument("--vocab-size", type=int, required=True)
-    parser.add_argument("--model-type", default="bpe", choices=("bpe", "unigram"))
-    parser.add_argument("--character-coverage", type=float, default=1.0)
-    parser.add_argument("--json-key", default="text", help="field/column with the text")
-    parser.add_argument(
-        "--byte-fallback", action="store_true", help="unseen characters as bytes (+256 ids)"
-    )
-    return parser
-
-
-def run_tokenizer_train_args(args: argparse.Namespace) -> int:
-    try:
-        path = train_sentencepiece(
-            args.input,
-            args.model_prefix,
-            args.vocab_size,
-            model_type=args.model_type,
-            character_coverage=args.character_coverage,
-            json_key=args.json_key,
-            byte_fallback=args.byte_fallback,
-        )
-    except (ValueError, OSError) as exc:  # PreprocessError and ConfigError are ValueErrors
-        return _cli_error("tokenizer train", exc)
-    print(f"tokenizer: wrote {path} and {path.with_suffix('.vocab')}")
     return 0

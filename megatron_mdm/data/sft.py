@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from megatron_mdm.data.tokenizers import Tokenizer
-from megatron_mdm.model.init import stable_seed
+from megatron_mdm.diffusion.masking import response_mask
 
 __all__ = [
     "PAD_TO",
@@ -497,10 +497,6 @@ def build_sft_arm_micro_batch(
     )
 
 
-def _generator(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(stable_seed(*parts))
-
-
 def build_sft_micro_batch(
     examples: Sequence[SFTExample],
     seq_length: int,
@@ -547,22 +543,7 @@ def build_sft_micro_batch(
     elif not max(needed) <= length <= seq_length:
         raise ValueError(f"length {length} outside [{max(needed)}, seq_length {seq_length}]")
     x0, prompt_len = _padded_rows(examples, length, eos_id)
-
-    t = torch.stack(
-        [
-            torch.rand((), generator=_generator(seed, key, pos, "sft-t"), dtype=torch.float64)
-            for pos in positions
-        ]
-    )
-    p = ((1.0 - eps) * t + eps).to(torch.float32)
-    uniforms = torch.stack(
-        [
-            torch.rand(seq_length, generator=_generator(seed, key, pos, "sft-mask"))[:length]
-            for pos in positions
-        ]
-    )
-    in_response = torch.arange(length)[None, :] >= prompt_len[:, None]
-    masked = (uniforms < p[:, None]) & in_response
+    masked, p = response_mask(prompt_len, length, seq_length, seed, key, positions, eps)
     xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
     return SFTMicroBatch(
         inputs=xt,

@@ -28,7 +28,7 @@ from megatron_mdm.data.sft import (
     build_sft_arm_micro_batch,
     build_sft_micro_batch,
 )
-from megatron_mdm.model.init import stable_seed
+from megatron_mdm.utils import keyed_generator
 
 __all__ = ["SFTBatches", "epoch_order"]
 
@@ -37,15 +37,16 @@ def epoch_order(seed: int, epoch: int, n: int, shuffle: bool = True) -> torch.Te
     """The order of the n training examples in ``epoch``: a function of (seed, epoch) only."""
     if not shuffle:
         return torch.arange(n)
-    gen = torch.Generator().manual_seed(stable_seed(seed, "sft-order", epoch))
+    gen = keyed_generator(seed, "sft-order", epoch)
     return torch.randperm(n, generator=gen)
 
 
 class SFTBatches:
     """Micro-batches of fitted SFT examples for this data-parallel rank (the Trainer's batch
-    source for `mdm sft`; see ``training.loop.PretrainBatches`` for the interface)."""
+    source for `mdm sft`; see ``data.batches.BatchSource`` for the interface)."""
 
     name = "sft"
+    kind = "sft"
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -35,7 +35,6 @@ __all__ = [
     "Tokenizer",
     "TokenizerSpec",
     "build_tokenizer",
-    "train_sentencepiece",
 ]
 
 TOKENIZER_TYPES = ("byte", "sentencepiece", "hf")
@@ -319,83 +318,3 @@ def build_tokenizer(type: str, model: str | None = None) -> Tokenizer:
             raise _model_error(path, "expected a sentencepiece .model file, found a directory")
         return SentencePieceTokenizer(path)
     return HFTokenizer(path)
-
-
-def train_sentencepiece(
-    inputs: list[str],
-    model_prefix: str,
-    vocab_size: int,
-    model_type: str = "bpe",
-    character_coverage: float = 1.0,
-    *,
-    json_key: str = "text",
-    byte_fallback: bool = False,
-    input_sentence_size: int = 0,
-) -> Path:
-    """Train a sentencepiece model on ``inputs`` (any format preprocessing reads) and return the
-    path of ``MODEL_PREFIX.model`` (``.vocab`` is written beside it).
-
-    Special ids are fixed (unk 0, bos 1, eos 2, pad 3) so configs and tests can rely on them.
-    Text is kept as written (identity normalisation, whitespace preserved, newline and tab as
-    pieces) so that decode(encode(text)) gives the text back for every character seen in
-    training; ``byte_fallback`` extends that to unseen characters (costs 256 ids).
-    ``input_sentence_size`` > 0 samples that many lines instead of loading them all. Files are
-    written under a temporary prefix and renamed, so a crash never leaves half a model.
-    """
-    import sentencepiece as spm
-
-    from megatron_mdm.data.preprocess import iter_documents
-
-    if model_type not in ("bpe", "unigram", "char", "word"):
-        raise ValueError(f"model_type {model_type!r}: choose bpe, unigram, char or word")
-    if vocab_size < 5:
-        raise ValueError(f"vocab_size {vocab_size} is too small (4 ids are special)")
-    target = Path(model_prefix)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    failure: list[Exception] = []
-
-    def lines() -> Iterator[str]:
-        # An exception inside the trainer's iterator comes back as an opaque RuntimeError;
-        # keep ours (one line, file and line number) and end the stream instead.
-        try:
-            for path in inputs:
-                for doc in iter_documents(path, json_key=json_key):
-                    yield from (line for line in doc.split("\n") if line.strip())
-        except ValueError as exc:
-            failure.append(exc)
-
-    tmp_prefix = str(target.parent / f".{target.name}.tmp-{os.getpid()}")
-    try:
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=lines(),
-                model_prefix=tmp_prefix,
-                vocab_size=vocab_size,
-                model_type=model_type,
-                character_coverage=character_coverage,
-                unk_id=0,
-                bos_id=1,
-                eos_id=2,
-                pad_id=3,
-                pad_piece="<pad>",
-                normalization_rule_name="identity",
-                remove_extra_whitespaces=False,
-                user_defined_symbols=["\n", "\t"],
-                byte_fallback=byte_fallback,
-                input_sentence_size=input_sentence_size,
-                shuffle_input_sentence=input_sentence_size > 0,
-                minloglevel=2,
-            )
-        except RuntimeError as exc:
-            if failure:
-                raise failure[0] from None
-            reason = " ".join(str(exc).split())
-            raise ValueError(f"sentencepiece training failed: {reason}") from None
-        if failure:
-            raise failure[0]
-        for ext in (".vocab", ".model"):  # .model last: its presence means a complete model
-            os.replace(tmp_prefix + ext, str(target) + ext)
-    finally:
-        for ext in (".vocab", ".model"):
-            Path(tmp_prefix + ext).unlink(missing_ok=True)
-    return Path(str(target) + ".model")

@@ -27,28 +27,21 @@ from __future__ import annotations
 
 import torch
 
-from megatron_mdm.diffusion.sampling import (
-    ModelFn,
-    block_schedule,
-    combine_guidance,
-    guided_logits,
-    gumbel_argmax,
-    masked_canvas,
-    tokens_per_step,
-)
+from megatron_mdm.diffusion.sampling import FullLogits, ModelFn, block_sample, combine_guidance
 
 CACHE_MODES = ("none", "prefix", "dual")
 
 
 class BlockLogits:
-    """Logits for one block's steps, through a cache or not. `__call__(x, step)` returns
-    (first position covered, logits [B, n, V]); the covered positions include the block.
+    """Logits for one block's steps through the approximate KV cache (`prefix` or `dual`).
+    `__call__(x, step)` returns (first position covered, logits [B, n, V]); the covered
+    positions include the block. (`sampling.FullLogits` is the uncached counterpart.)
 
     Classifier-free guidance batches the unconditional copy (prompt masked) with `x` (SMDM's
     form, `sampling.guided_logits`); with a cache both halves keep their own keys/values."""
 
-    def __init__(self, model_fn, cached_model, cache, prompt_index, cfg, mask_id, start, end):
-        self.model_fn, self.cached_model, self.cache = model_fn, cached_model, cache
+    def __init__(self, cached_model, cache, prompt_index, cfg, mask_id, start, end):
+        self.cached_model, self.cache = cached_model, cache
         self.prompt_index, self.cfg, self.mask_id = prompt_index, cfg, mask_id
         self.start, self.end = start, end
         self.kv = None
@@ -67,9 +60,6 @@ class BlockLogits:
 
     def __call__(self, x: torch.Tensor, step: int) -> tuple[int, torch.Tensor]:
         self.calls += 1
-        if self.cache == "none":
-            self.positions += x.shape[1]
-            return 0, guided_logits(self.model_fn, x, self.prompt_index, self.cfg, self.mask_id)
         inputs = self._inputs(x)
         if step == 0:  # the whole sequence once; keep the keys/values this mode reuses
             self.positions += x.shape[1]
@@ -109,7 +99,6 @@ def fast_sample(
     (None: the fixed schedule only), `cache` (none | prefix | dual) and the `cached_model` the
     cached modes run. `stats` receives `model_calls` and `positions` (tokens run through the
     model, the work a cache saves)."""
-    num_blocks, steps_per_block = block_schedule(gen_length, steps, block_length, remasking)
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
     if cache != "none" and cached_model is None:
@@ -118,47 +107,22 @@ def fast_sample(
         raise ValueError("cache=none needs model_fn")
     if threshold is not None and remasking != "low_confidence":
         raise ValueError("a confidence threshold needs remasking=low_confidence")
-    batch, plen = prompt.shape
-    x = masked_canvas(prompt, gen_length, mask_id)
-    prompt_index = torch.zeros_like(x, dtype=torch.bool)
-    prompt_index[:, :plen] = True
-    calls = positions = 0
-    for block in range(num_blocks):
-        start, end = plen + block * block_length, plen + (block + 1) * block_length
-        schedule = tokens_per_step((x[:, start:end] == mask_id).sum(1), steps_per_block)
-        block_logits = BlockLogits(
-            model_fn, cached_model, cache, prompt_index, cfg, mask_id, start, end
-        )
-        for i in range(steps_per_block):
-            if not bool((x[:, start:end] == mask_id).any()):
-                break  # the threshold revealed the whole block early
-            lo, logits = block_logits(x, i)
-            view = x[:, lo : lo + logits.shape[1]]
-            masked = view == mask_id
-            x0 = gumbel_argmax(logits, temperature, generator)
-            if remasking == "low_confidence":
-                probs = torch.softmax(logits.to(torch.float64), dim=-1)
-                confidence = probs.gather(-1, x0[..., None])[..., 0]
-            else:
-                confidence = torch.rand(
-                    view.shape, generator=generator, dtype=torch.float64, device=x.device
-                )
-            confidence[:, end - lo :] = -torch.inf  # never reveal past the current block
-            confidence = torch.where(masked, confidence, -torch.inf)
-            x0 = torch.where(masked, x0, view)
-            reveal = torch.zeros_like(masked)
-            for row in range(batch):
-                k = int(schedule[row, i])
-                if threshold is not None:
-                    confident = int((confidence[row] > threshold).sum())
-                    remaining = int(torch.isfinite(confidence[row]).sum())
-                    k = min(max(k, confident, 1), remaining)
-                if k:
-                    reveal[row, torch.topk(confidence[row], k).indices] = True
-            x[:, lo : lo + logits.shape[1]] = torch.where(reveal, x0, view)
-        calls += block_logits.calls
-        positions += block_logits.positions
-    if stats is not None:
-        stats["model_calls"] = calls
-        stats["positions"] = positions
-    return x
+
+    def logits_for_block(prompt_index: torch.Tensor, start: int, end: int):
+        if cache == "none":
+            return FullLogits(model_fn, prompt_index, cfg, mask_id)
+        return BlockLogits(cached_model, cache, prompt_index, cfg, mask_id, start, end)
+
+    return block_sample(
+        prompt,
+        mask_id,
+        gen_length,
+        steps,
+        block_length,
+        temperature,
+        remasking,
+        generator,
+        logits_for_block,
+        threshold=threshold,
+        stats=stats,
+    )

@@ -1,4 +1,4 @@
-"""Forward masking of DESIGN.md §3, as a pure function of (seed, key, sample index).
+"""Forward masking (docs/design.md §3, §4), as a pure function of (seed, key, sample index).
 
 Every random draw for a sample comes from a generator seeded by the experiment seed, a key (the
 training step, or e.g. ("valid", i) for fixed evaluation masks) and the sample's position in the
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_mdm.model.init import stable_seed
+from megatron_mdm.utils import keyed_generator
 
 
 @dataclass
@@ -23,31 +23,43 @@ class MaskedBatch:
     p_mask: torch.Tensor  # [B] masking probability per sequence
 
 
-def _generator(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(stable_seed(*parts))
-
-
 def sample_t(seed: int, key, batch_indices: list[int], global_batch: int, how: str):
     """t in [0, 1) per sample; `stratified` spreads one uniform draw evenly over the global batch."""
     if how == "stratified":
-        u = torch.rand((), generator=_generator(seed, key, "t-stratified"), dtype=torch.float64)
+        u = torch.rand(
+            (), generator=keyed_generator(seed, key, "t-stratified"), dtype=torch.float64
+        )
         idx = torch.tensor(batch_indices, dtype=torch.float64)
         return torch.remainder(u + idx / global_batch, 1.0)
-    draws = [
-        torch.rand((), generator=_generator(seed, key, b, "t"), dtype=torch.float64)
-        for b in batch_indices
-    ]
-    return torch.stack(draws)
+    return keyed_uniforms(seed, key, batch_indices, "t", dtype=torch.float64)
 
 
 def crop_length(seed: int, key, first_index: int, seq_length: int, prob: float) -> int:
     """Variable-length training: with probability `prob` a micro-batch is cropped to U{1..L}."""
     if prob <= 0:
         return seq_length
-    gen = _generator(seed, key, first_index, "crop")
+    gen = keyed_generator(seed, key, first_index, "crop")
     if torch.rand((), generator=gen).item() >= prob:
         return seq_length
     return int(torch.randint(1, seq_length + 1, (), generator=gen).item())
+
+
+def keyed_uniforms(
+    seed: int, key, positions, tag: str, size: tuple[int, ...] = (), dtype=torch.float32
+) -> torch.Tensor:
+    """[len(positions), *size] uniforms in [0, 1); sample p's from its own generator
+    (seed, key, p, tag), so a sample's draws do not depend on which others share its batch."""
+    return torch.stack(
+        [
+            torch.rand(size, generator=keyed_generator(seed, key, p, tag), dtype=dtype)
+            for p in positions
+        ]
+    )
+
+
+def masking_probability(t: torch.Tensor, eps: float) -> torch.Tensor:
+    """p = (1 - eps) t + eps: the floor eps keeps the 1/p loss weight finite."""
+    return ((1.0 - eps) * t + eps).to(torch.float32)
 
 
 def forward_mask(
@@ -62,11 +74,28 @@ def forward_mask(
 ) -> MaskedBatch:
     """Mask each token of sequence b with probability p_b = (1 - eps) t_b + eps."""
     t = sample_t(seed, key, batch_indices, global_batch, t_sampling)
-    p = ((1.0 - eps) * t + eps).to(torch.float32)
-    length = x0.shape[1]
-    uniforms = torch.stack(
-        [torch.rand(length, generator=_generator(seed, key, b, "mask")) for b in batch_indices]
-    )
+    p = masking_probability(t, eps)
+    uniforms = keyed_uniforms(seed, key, batch_indices, "mask", (x0.shape[1],))
     masked = uniforms < p[:, None]
     xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
     return MaskedBatch(x0=x0, xt=xt, masked=masked, p_mask=p)
+
+
+def response_mask(
+    prompt_lengths: torch.Tensor,
+    length: int,
+    seq_length: int,
+    seed: int,
+    key,
+    positions,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SFT masking (docs/design.md §4): (masked [B, length] bool, p [B]). Sample b draws
+    t ~ U[0, 1) and `seq_length` uniforms, whatever the padded `length`, so its mask at a given
+    position is the same under any padding and micro-batch split; only positions at or after
+    its prompt (the response and its EOS pads) can be masked."""
+    t = keyed_uniforms(seed, key, positions, "sft-t", dtype=torch.float64)
+    p = masking_probability(t, eps)
+    uniforms = keyed_uniforms(seed, key, positions, "sft-mask", (seq_length,))[:, :length]
+    in_response = torch.arange(length)[None, :] >= prompt_lengths[:, None]
+    return (uniforms < p[:, None]) & in_response, p

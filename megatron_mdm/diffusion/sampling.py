@@ -1,4 +1,4 @@
-"""Samplers for masked diffusion LMs (DESIGN.md §5-§6), over any `model_fn(x) -> logits`.
+"""Samplers for masked diffusion LMs (docs/design.md §5-§6), over any `model_fn(x) -> logits`.
 
 `model_fn` maps token ids [B, L] to logits [B, L, V] (a training model on one rank, an exported
 `transformers` model, or a fake in tests), so the samplers know nothing of parallelism. Every
@@ -6,7 +6,9 @@ random draw comes from the caller's `torch.Generator`, so a seed reproduces a sa
 
 - `llada_sample`: semi-autoregressive blocks, a fixed number of tokens revealed per step (the
   block's masks spread evenly over its steps), `low_confidence` or `random` remasking order,
-  Gumbel-max sampling in float64 at a temperature, classifier-free guidance.
+  Gumbel-max sampling in float64 at a temperature, classifier-free guidance. Its block loop
+  (`block_sample`) and reveal step (`reveal_step`) are the only ones: Fast-dLLM decoding
+  (`fast_sampling.py`) runs the same loop with cached logits and a confidence threshold.
 - `mdlm_sample`: MDLM's ancestral sampler: at each step from t to s every masked token is revealed
   with probability (t - s) / t; with `cache=True` the model is not called again while no token has
   changed (its output would be the same), which gives identical samples with fewer calls.
@@ -97,6 +99,127 @@ def block_schedule(
     return num_blocks, steps // num_blocks
 
 
+def reveal_step(
+    view: torch.Tensor,
+    logits: torch.Tensor,
+    mask_id: int,
+    counts: torch.Tensor,
+    block_end: int,
+    temperature: float,
+    remasking: str,
+    generator: torch.Generator | None,
+    threshold: float | None = None,
+) -> torch.Tensor:
+    """One denoising step over `view` [B, n] (the positions `logits` [B, n, V] cover): predict
+    every masked position (Gumbel-max at `temperature`), then reveal per row the `counts[row]`
+    masked positions before `block_end` (an index into `view`) of highest confidence:
+    `low_confidence` ranks by the float64 softmax probability of the predicted token, `random`
+    by uniform draws. With a `threshold`, a row reveals max(count, positions above the threshold,
+    1), never more than it has masked (Fast-dLLM's rule). Returns the new view."""
+    masked = view == mask_id
+    x0 = gumbel_argmax(logits, temperature, generator)
+    if remasking == "low_confidence":
+        probs = torch.softmax(logits.to(torch.float64), dim=-1)
+        confidence = probs.gather(-1, x0[..., None])[..., 0]
+    else:
+        confidence = torch.rand(
+            view.shape, generator=generator, dtype=torch.float64, device=view.device
+        )
+    confidence[:, block_end:] = -torch.inf  # never reveal past the current block
+    confidence = torch.where(masked, confidence, -torch.inf)
+    x0 = torch.where(masked, x0, view)
+    reveal = torch.zeros_like(masked)
+    for row in range(view.shape[0]):
+        k = int(counts[row])
+        if threshold is not None:
+            confident = int((confidence[row] > threshold).sum())
+            remaining = int(torch.isfinite(confidence[row]).sum())
+            k = min(max(k, confident, 1), remaining)
+        if k:
+            reveal[row, torch.topk(confidence[row], k).indices] = True
+    return torch.where(reveal, x0, view)
+
+
+class FullLogits:
+    """Block logits without a cache: the whole sequence (with guidance) at every step.
+    `__call__(x, step)` -> (first position covered = 0, logits [B, L, V]), as the cached
+    `fast_sampling.BlockLogits`; counts model calls and positions run."""
+
+    def __init__(self, model_fn: ModelFn, prompt_index: torch.Tensor, cfg: float, mask_id: int):
+        self.model_fn, self.prompt_index, self.cfg, self.mask_id = (
+            model_fn,
+            prompt_index,
+            cfg,
+            mask_id,
+        )
+        self.calls = 0
+        self.positions = 0
+
+    def __call__(self, x: torch.Tensor, step: int) -> tuple[int, torch.Tensor]:
+        self.calls += 1
+        self.positions += x.shape[1]
+        return 0, guided_logits(self.model_fn, x, self.prompt_index, self.cfg, self.mask_id)
+
+
+# (prompt_index, block start, block end) -> a callable (x, step) -> (first position, logits)
+BlockLogitsFactory = Callable[[torch.Tensor, int, int], Callable]
+
+
+def block_sample(
+    prompt: torch.Tensor,
+    mask_id: int,
+    gen_length: int,
+    steps: int,
+    block_length: int,
+    temperature: float,
+    remasking: str,
+    generator: torch.Generator | None,
+    block_logits: BlockLogitsFactory,
+    threshold: float | None = None,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    """The semi-autoregressive block loop every diffusion block sampler shares: blocks left to
+    right, each with steps/num_blocks reveal steps (`reveal_step`) of the logits
+    `block_logits(prompt_index, start, end)` provides. A block whose masks are all revealed
+    ends early when that changes nothing else: with a threshold (it reveals ahead of the
+    schedule), or when the step would draw no random numbers (greedy, low_confidence);
+    otherwise the remaining zero-reveal steps run, as LLaDA's loop does, so seeded samples match
+    it draw for draw."""
+    num_blocks, steps_per_block = block_schedule(gen_length, steps, block_length, remasking)
+    plen = prompt.shape[1]
+    x = masked_canvas(prompt, gen_length, mask_id)
+    prompt_index = torch.zeros_like(x, dtype=torch.bool)
+    prompt_index[:, :plen] = True
+    stop_when_done = threshold is not None or (temperature == 0 and remasking == "low_confidence")
+    calls = positions = 0
+    for block in range(num_blocks):
+        start, end = plen + block * block_length, plen + (block + 1) * block_length
+        schedule = tokens_per_step((x[:, start:end] == mask_id).sum(1), steps_per_block)
+        logits_of = block_logits(prompt_index, start, end)
+        for i in range(steps_per_block):
+            if stop_when_done and not bool((x[:, start:end] == mask_id).any()):
+                break
+            lo, logits = logits_of(x, i)
+            hi = lo + logits.shape[1]
+            x[:, lo:hi] = reveal_step(
+                x[:, lo:hi],
+                logits,
+                mask_id,
+                schedule[:, i],
+                end - lo,
+                temperature,
+                remasking,
+                generator,
+                threshold,
+            )
+        calls += logits_of.calls
+        positions += logits_of.positions
+    if stats is not None:
+        stats["model_calls"] = calls
+        stats["positions"] = positions
+    return x
+
+
 @torch.no_grad()
 def llada_sample(
     model_fn: ModelFn,
@@ -109,37 +232,26 @@ def llada_sample(
     remasking: str = "low_confidence",
     cfg: float = 0.0,
     generator: torch.Generator | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
-    """prompt [B, P] -> [B, P + gen_length] with every generated position revealed."""
-    num_blocks, steps_per_block = block_schedule(gen_length, steps, block_length, remasking)
-    batch, plen = prompt.shape
-    x = masked_canvas(prompt, gen_length, mask_id)
-    prompt_index = torch.zeros_like(x, dtype=torch.bool)
-    prompt_index[:, :plen] = True
-    for block in range(num_blocks):
-        start, end = plen + block * block_length, plen + (block + 1) * block_length
-        schedule = tokens_per_step((x[:, start:end] == mask_id).sum(1), steps_per_block)
-        for i in range(steps_per_block):
-            masked = x == mask_id
-            logits = guided_logits(model_fn, x, prompt_index, cfg, mask_id)
-            x0 = gumbel_argmax(logits, temperature, generator)
-            if remasking == "low_confidence":
-                probs = torch.softmax(logits.to(torch.float64), dim=-1)
-                confidence = probs.gather(-1, x0[..., None])[..., 0]
-            else:
-                confidence = torch.rand(
-                    x.shape, generator=generator, dtype=torch.float64, device=x.device
-                )
-            confidence[:, end:] = -torch.inf  # never reveal past the current block
-            confidence = torch.where(masked, confidence, -torch.inf)
-            x0 = torch.where(masked, x0, x)
-            reveal = torch.zeros_like(masked)
-            for row in range(batch):
-                k = int(schedule[row, i])
-                if k:
-                    reveal[row, torch.topk(confidence[row], k).indices] = True
-            x = torch.where(reveal, x0, x)
-    return x
+    """prompt [B, P] -> [B, P + gen_length] with every generated position revealed: the block
+    loop with full-sequence logits at every step and the fixed reveal schedule."""
+
+    def full(prompt_index: torch.Tensor, start: int, end: int) -> FullLogits:
+        return FullLogits(model_fn, prompt_index, cfg, mask_id)
+
+    return block_sample(
+        prompt,
+        mask_id,
+        gen_length,
+        steps,
+        block_length,
+        temperature,
+        remasking,
+        generator,
+        full,
+        stats=stats,
+    )
 
 
 @torch.no_grad()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from megatron_mdm.eval.loading import EvalError
-from megatron_mdm.eval.sampler_options import SamplerOptions, add_sampler_arguments
+from megatron_mdm.eval.errors import EvalError
+from megatron_mdm.inference.commands import add_sampling_arguments, sampling_config_from_args
+from megatron_mdm.inference.sampling_config import SamplingConfig
+from megatron_mdm.utils import MDMError, atomic_write_text
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +65,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--num-samples", type=int, default=16)
     gen.add_argument("--batch-size", type=int, default=8, help="samples drawn per sampler call")
     gen.add_argument("--prompt", default="", help="condition every sample on EOS + this text")
-    add_sampler_arguments(gen, SamplerOptions(gen_length=128, steps=128, temperature=1.0))
+    add_sampling_arguments(
+        gen, SamplingConfig(gen_length=128, steps=128, temperature=1.0), seed=False
+    )
     _add_common(gen, "write the figures and samples as JSON here")
 
     gsm = sub.add_parser("gsm8k", help="GSM8K accuracy (SMDM protocol)")
@@ -86,7 +89,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         const="two_stage",
         help="same as --protocol two_stage",
     )
-    add_sampler_arguments(gsm, SamplerOptions(gen_length=256, steps=256))
+    add_sampling_arguments(gsm, SamplingConfig(gen_length=256, steps=256), seed=False)
     gsm.add_argument(
         "--answer-gen-length", type=int, help="two_stage: answer tokens, one block (default: 32)"
     )
@@ -101,12 +104,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     gsm.add_argument("--no-progress", dest="progress", action="store_false")
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _print_figures(command: str, figures: dict) -> None:
@@ -127,8 +126,8 @@ def _check_mc(args) -> None:
 
 
 def _ppl(args) -> int:
-    from megatron_mdm.eval.loading import load_model, trained_seq_length
     from megatron_mdm.eval.ppl import perplexity_bound, read_token_stream
+    from megatron_mdm.inference.loading import load_model, trained_seq_length
 
     _check_mc(args)
     if args.max_tokens is not None and args.max_tokens < 1:
@@ -157,7 +156,7 @@ def _ppl(args) -> int:
 
 def _likelihood(args) -> int:
     from megatron_mdm.eval.likelihood import encode_pair, estimate_log_likelihood
-    from megatron_mdm.eval.loading import load_model
+    from megatron_mdm.inference.loading import load_model
 
     _check_mc(args)
     model = load_model(args.ckpt, args.hf)
@@ -203,15 +202,15 @@ def _genppl(args) -> int:
     from tqdm import tqdm
 
     from megatron_mdm.eval.genppl import generative_perplexity, load_judge
-    from megatron_mdm.eval.loading import load_model
-    from megatron_mdm.eval.sampler_options import sample_token_ids, sampler_options_from_args
-    from megatron_mdm.model.init import stable_seed
+    from megatron_mdm.inference.generate import generate_ids
+    from megatron_mdm.inference.loading import load_model
+    from megatron_mdm.utils import stable_seed
 
     if args.num_samples < 1 or args.batch_size < 1:
         raise EvalError("--num-samples and --batch-size must be >= 1")
     model = load_model(args.ckpt, args.hf)
     judge = load_judge(args.judge_ckpt, args.judge_hf)
-    options = sampler_options_from_args(args)
+    options = sampling_config_from_args(args)
     # Every sample starts after EOS, where documents start in the training stream: the same
     # condition for an MDM and an ARM (whose sampler needs at least one prompt token).
     prompt_ids = [model.eos_id, *model.tokenizer.encode(args.prompt)]
@@ -221,8 +220,8 @@ def _genppl(args) -> int:
             n = min(args.batch_size, args.num_samples - len(samples))
             seed = stable_seed(args.seed, "genppl", len(samples))
             try:
-                samples += sample_token_ids(model, prompt_ids, options, n, seed)
-            except ValueError as exc:
+                samples += generate_ids(model, prompt_ids, options.replace(seed=seed), n)
+            except MDMError as exc:
                 raise EvalError(str(exc)) from None
             bar.update(n)
     result = generative_perplexity(samples, judge, model.tokenizer, progress=args.progress)
@@ -246,8 +245,7 @@ def _gsm8k(args) -> int:
         load_problems,
         write_jsonl_atomic,
     )
-    from megatron_mdm.eval.loading import load_model
-    from megatron_mdm.eval.sampler_options import sampler_options_from_args
+    from megatron_mdm.inference.loading import load_model
 
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit {args.limit}: must be >= 1")
@@ -260,7 +258,7 @@ def _gsm8k(args) -> int:
     summary, rows = evaluate_gsm8k(
         model,
         problems,
-        sampler_options_from_args(args),
+        sampling_config_from_args(args),
         args.prompt_template or DEFAULT_TEMPLATE,
         seed=args.seed,
         progress=args.progress,
@@ -284,6 +282,6 @@ COMMANDS = {"ppl": _ppl, "likelihood": _likelihood, "genppl": _genppl, "gsm8k": 
 def run_eval_args(args) -> int:
     try:
         return COMMANDS[args.eval_command](args)
-    except EvalError as exc:
+    except MDMError as exc:
         print(f"mdm eval {args.eval_command}: error: {exc}", file=sys.stderr)
         return 2

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from megatron_mdm.eval.errors import EvalError
 from megatron_mdm.eval.likelihood import arm_log_likelihood
-from megatron_mdm.eval.loading import EvalError, load_model, trained_seq_length
+from megatron_mdm.inference.loading import load_model, trained_seq_length
 
 
 @dataclass

@@ -24,29 +24,24 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
-from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
 
 from megatron_mdm.data.sft import gsm8k_answer_prompt_ids, gsm8k_question_prompt
-from megatron_mdm.eval.loading import EvalError
-from megatron_mdm.eval.sampler_options import (
-    SamplerOptions,
-    sample_completions,
-    sample_token_ids,
-)
-from megatron_mdm.model.init import stable_seed
+from megatron_mdm.eval.errors import EvalError
+from megatron_mdm.inference.generate import complete, generate_ids
+from megatron_mdm.inference.sampling_config import SamplingConfig
+from megatron_mdm.utils import MDMError, atomic_write_text, stable_seed
 
 DEFAULT_TEMPLATE = "Question: {question}"
 PROTOCOLS = ("single", "two_stage")
 DEFAULT_ANSWER_GEN_LENGTH = 32  # " #### 1,234,567" is 15 bytes: room for any GSM8K answer
 
-# (prompt ids, sampler options, seed) -> generated ids cut at the first EOS
-GenerateIds = Callable[[list[int], SamplerOptions, int], list[int]]
+# (prompt ids, sampling config, seed) -> generated ids cut at the first EOS
+GenerateIds = Callable[[list[int], SamplingConfig, int], list[int]]
 _NUMBER = re.compile(r"-?[$]?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -124,36 +119,30 @@ def grade(generation: str, target: str) -> dict:
 
 
 def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def answer_stage_options(
-    options: SamplerOptions, gen_length: int, steps: int | None
-) -> SamplerOptions:
+    options: SamplingConfig, gen_length: int, steps: int | None
+) -> SamplingConfig:
     """Stage 2's sampler options: stage 1's, with one block of `gen_length` tokens (the answer is
     a few tokens; a stage-1 block length need not divide it)."""
-    return replace(options, gen_length=gen_length, steps=steps or gen_length, block_length=None)
+    return options.replace(gen_length=gen_length, steps=steps or gen_length, block_length=None)
 
 
 def solve_two_stage(
     question: str,
     tokenizer,
     generate: GenerateIds,
-    options: SamplerOptions,
-    answer_options: SamplerOptions,
+    options: SamplingConfig,
+    answer_options: SamplingConfig,
     seeds: tuple[int, int],
 ) -> dict:
     """SMDM's two-stage answer to one problem, as token ids and text.
 
     Stage 1 prompt: the tokens of :func:`gsm8k_question_prompt`. Stage 2 prompt:
     :func:`gsm8k_answer_prompt_ids` of those and the stage-1 ids (already cut at EOS by
-    `generate`). `generate` is the sampler (``sample_token_ids`` bound to a model).
+    `generate`). `generate` is the sampler (``generate_ids`` bound to a model).
     """
     prompt = gsm8k_question_prompt(question)
     prompt_ids = list(tokenizer.encode(prompt))
@@ -175,7 +164,7 @@ def solve_two_stage(
 def evaluate_gsm8k(
     model,
     problems: list[dict],
-    options: SamplerOptions,
+    options: SamplingConfig,
     template: str = DEFAULT_TEMPLATE,
     seed: int = 0,
     progress: bool = True,
@@ -209,10 +198,10 @@ def evaluate_gsm8k(
                 graded_text = row["response"]
             else:
                 prompt = template.replace("{question}", problem["question"])
-                [generation] = sample_completions(model, prompt, options, seed=seeds[0])
+                [generation] = complete(model, prompt, options.replace(seed=seeds[0]))
                 row = {"prompt": prompt, "generation": generation}
                 graded_text = generation
-        except ValueError as exc:
+        except MDMError as exc:
             raise EvalError(str(exc)) from None
         graded = grade(graded_text, problem["target"])
         correct += graded["correct"]
@@ -244,6 +233,6 @@ def evaluate_gsm8k(
     return summary, rows
 
 
-def _generate_ids(model, prompt_ids: list[int], options: SamplerOptions, seed: int) -> list[int]:
-    [ids] = sample_token_ids(model, prompt_ids, options, seed=seed)
+def _generate_ids(model, prompt_ids: list[int], options: SamplingConfig, seed: int) -> list[int]:
+    [ids] = generate_ids(model, prompt_ids, options.replace(seed=seed))
     return ids

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_mdm.diffusion.sampling import guided_logits
-from megatron_mdm.model.init import stable_seed
+from megatron_mdm.diffusion.sampling import guided_logits, llada_sample
+from megatron_mdm.utils import stable_seed
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 ESTIMATORS = ("mc", "chain_rule", "bernoulli")
@@ -245,7 +245,6 @@ def mdm_greedy_matches(
 ) -> bool:
     """Whether greedy low-confidence decoding (one token per step) from prompt + A masks yields
     exactly the answer: lm-eval's `is_greedy` for an MDM. A forward passes."""
-    from megatron_mdm.diffusion.sampling import llada_sample
 
     a_len = len(answer)
     out = llada_sample(

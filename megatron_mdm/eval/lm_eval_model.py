@@ -18,9 +18,10 @@ Model arguments (`--model_args k=v,...`):
 - `greedy_check=false`: `is_greedy` (used by e.g. LAMBADA's accuracy) needs one extra greedy
   decoding per request for an MDM; off by default (then reported False). ARMs: always exact.
 - `max_length` (default: trained sequence length): longer contexts are cut on the left.
-- `sampler` (as `mdm generate`: llada, mdlm, fast, arm; default by objective), `gen_length=64, steps=64, block_length, temperature=0, remasking`: for
-  `generate_until` (`mdm generate`'s sampler; the task's `until` strings cut the text, its
-  `max_gen_toks` is not used: `gen_length` decides; a task `temperature` overrides ours).
+- `sampler`, `gen_length`, `steps`, `block_length`, `temperature`, `remasking`, `cache`,
+  `threshold` (the fields of `inference.SamplingConfig`, with its defaults): for `generate_until`
+  (`mdm generate`'s sampler; the task's `until` strings cut the text, its `max_gen_toks` is not
+  used: `gen_length` decides; a task `temperature` overrides ours).
 
 `loglikelihood_rolling` returns the ELBO of the whole text (windows of `max_length`, as
 `mdm eval ppl`): for an MDM a lower bound on the log-likelihood, so word/byte perplexities that
@@ -42,13 +43,42 @@ except ImportError as exc:  # an optional extra
     ) from exc
 
 from megatron_mdm.eval.likelihood import (
+    arm_log_likelihood,
     encode_pair,
     estimate_log_likelihood,
     mdm_greedy_matches,
 )
-from megatron_mdm.eval.loading import load_model, trained_seq_length
-from megatron_mdm.eval.sampler_options import SamplerOptions, sample_completions
-from megatron_mdm.model.init import stable_seed
+from megatron_mdm.eval.ppl import perplexity_bound
+from megatron_mdm.inference.generate import complete
+from megatron_mdm.inference.loading import load_model, trained_seq_length
+from megatron_mdm.inference.sampling_config import SamplingConfig
+from megatron_mdm.parallel.distributed import prepare_accelerator
+from megatron_mdm.utils import QUIET_IMPORT_WARNINGS, stable_seed
+
+# lm-eval passes --model_args as strings (or numbers it recognised): each sampling field's type.
+_SAMPLING_TYPES = {
+    "sampler": str,
+    "gen_length": int,
+    "steps": int,
+    "block_length": int,
+    "temperature": float,
+    "remasking": str,
+    "cache": str,
+    "threshold": float,
+}
+
+
+def sampling_config(cfg: float, seed: int, **given) -> SamplingConfig:
+    """The SamplingConfig of `generate_until` from lm-eval model arguments; unset fields keep
+    SamplingConfig's defaults, "none" means None."""
+    unknown = sorted(set(given) - set(_SAMPLING_TYPES))
+    if unknown:
+        raise TypeError(f"unknown model argument {unknown[0]!r} for the mdm model")
+    values = {
+        key: None if value is None or str(value).lower() == "none" else _SAMPLING_TYPES[key](value)
+        for key, value in given.items()
+    }
+    return SamplingConfig(cfg=float(cfg), seed=int(seed), **values).validate()
 
 
 class MDMEvalModel(LM):
@@ -63,19 +93,12 @@ class MDMEvalModel(LM):
         seed: int = 0,
         greedy_check: bool = False,
         max_length: int | None = None,
-        sampler: str | None = None,
-        gen_length: int = 64,
-        steps: int = 64,
-        block_length: int | None = None,
-        temperature: float = 0.0,
-        remasking: str = "low_confidence",
         batch_size=None,  # lm-eval's; see the module docstring
         max_batch_size=None,
         device=None,
+        **sampling,
     ):
         super().__init__()
-        from megatron_mdm.parallel.distributed import prepare_accelerator
-
         prepare_accelerator()  # before anything imports deepspeed (it fixes its device at import)
         self.model = load_model(
             None if ckpt is None else str(ckpt), None if hf is None else str(hf)
@@ -87,15 +110,7 @@ class MDMEvalModel(LM):
         self.cfg = float(cfg)
         self.seed = int(seed)
         self.greedy_check = bool(greedy_check)
-        self.options = SamplerOptions(
-            sampler=None if sampler is None else str(sampler),
-            gen_length=int(gen_length),
-            steps=int(steps),
-            block_length=None if block_length is None else int(block_length),
-            temperature=float(temperature),
-            remasking=str(remasking),
-            cfg=float(cfg),
-        )
+        self.options = sampling_config(cfg, seed, **sampling)
         self._device = self.model.device
 
     # -- scoring --------------------------------------------------------------------------------
@@ -131,8 +146,6 @@ class MDMEvalModel(LM):
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=m.device)
         answer = torch.tensor(answer_ids, dtype=torch.long, device=m.device)
         if m.objective == "arm":
-            from megatron_mdm.eval.likelihood import arm_log_likelihood
-
             return arm_log_likelihood(m.model_fn, prompt, answer, m.eos_id)[1]
         if not self.greedy_check:
             return False
@@ -149,8 +162,6 @@ class MDMEvalModel(LM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         import numpy as np
-
-        from megatron_mdm.eval.ppl import perplexity_bound
 
         m = self.model
         results = []
@@ -175,8 +186,6 @@ class MDMEvalModel(LM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from dataclasses import replace
-
         results = []
         for request in tqdm(requests, desc="generate_until", disable=disable_tqdm):
             context, gen_kwargs = request.args
@@ -185,12 +194,11 @@ class MDMEvalModel(LM):
             until = [until] if isinstance(until, str) else list(until)
             options = self.options
             if "temperature" in gen_kwargs:
-                options = replace(options, temperature=float(gen_kwargs["temperature"]))
+                options = options.replace(temperature=float(gen_kwargs["temperature"]))
             if gen_kwargs.get("do_sample") is False:
-                options = replace(options, temperature=0.0)
-            [text] = sample_completions(
-                self.model, context, options, 1, stable_seed(self.seed, "generate", context)
-            )
+                options = options.replace(temperature=0.0)
+            options = options.replace(seed=stable_seed(self.seed, "generate", context))
+            [text] = complete(self.model, context, options)
             for stop in until:
                 if stop and stop in text:
                     text = text[: text.index(stop)]
@@ -220,9 +228,6 @@ def main() -> None:
     """`mdm-lm-eval ...` / `python -m megatron_mdm.eval.lm_eval_model ...`: lm-eval's command line
     with `mdm` registered. Quiet megatron-core's import warnings, as `mdm` does."""
     import warnings
-
-    from megatron_mdm.cli import QUIET_IMPORT_WARNINGS
-    from megatron_mdm.parallel.distributed import prepare_accelerator
 
     warnings.filterwarnings("ignore", message=QUIET_IMPORT_WARNINGS)
     prepare_accelerator()

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_mdm.data.readers import PreprocessError, iter_documents
+from megatron_mdm.eval.errors import EvalError
 from megatron_mdm.eval.likelihood import (
     arm_log_likelihood,
     bernoulli_samples,
     mc_samples,
     summarize_samples,
 )
-from megatron_mdm.eval.loading import EvalError
-from megatron_mdm.model.init import stable_seed
+from megatron_mdm.utils import keyed_generator
 
 
 @dataclass
@@ -65,8 +66,6 @@ def read_token_stream(data: str, tokenizer, max_tokens: int | None = None) -> np
             parts.append(np.asarray(dataset[i], dtype=np.int64))
             count += len(parts[-1])
     elif Path(data).is_file():
-        from megatron_mdm.data.preprocess import PreprocessError, iter_documents
-
         try:
             for text in iter_documents(data):
                 if count >= limit:
@@ -121,7 +120,7 @@ def perplexity_bound(
             context = stream[start - 1 : start] if start else torch.tensor([model.eos_id])
             logp, _ = arm_log_likelihood(model.model_fn, context.to(model.device), window, 0)
         else:
-            generator = torch.Generator().manual_seed(stable_seed(seed, "ppl", k))
+            generator = keyed_generator(seed, "ppl", k)
             try:
                 samples = draw(
                     model.model_fn, empty, window, model.mask_id, mc_num, batch_size, 0.0, generator

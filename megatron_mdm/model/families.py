@@ -5,7 +5,7 @@ fit here can be compared point by point with the published MDM and ARM curves. E
 a Llama block with MHA (one KV head per query head), SwiGLU FFN of width 4 * hidden, RoPE base
 10000, sequence length 2048 and SMDM's 32000-token Llama-2 tokenizer. The `N` of a name is the
 non-embedding parameter count (transformer layers + final norm) rounded to the nearest million;
-`megatron_mdm.training.flops.non_embedding_params` reproduces SMDM's own `model_para_config`
+`megatron_mdm.model.accounting.non_embedding_params` reproduces SMDM's own `model_para_config`
 numbers exactly (e.g. 1028M -> 1,027,677,952).
 
 `configs/smdm/` holds one generated MDM and one ARM config per member (`write_family_configs`,
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_mdm.config import ModelConfig
+from megatron_mdm.model.accounting import non_embedding_params
 
 __all__ = [
     "FAMILY",
@@ -143,7 +144,6 @@ def _model_section(m: FamilyMember, objective: str) -> dict:
 def _max_steps(m: FamilyMember, budget_flops: float | None) -> int:
     """Steps for the budget in SMDM's accounting, C = 6 * N_nonembedding * tokens (as SMDM's
     `max_step`), at GLOBAL_BATCH x SEQ_LENGTH tokens per step."""
-    from megatron_mdm.training.flops import non_embedding_params
 
     n = non_embedding_params(m.model_config())
     tokens = TOKENS_PER_PARAM * n if budget_flops is None else budget_flops / (6 * n)

@@ -8,19 +8,14 @@ of reproducible runs on any cluster shape. (Megatron's default init depends on t
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 
 from megatron_mdm.model import sharding
+from megatron_mdm.utils import keyed_generator
 
 _SCALED = ("linear_proj.weight", "linear_fc2.weight")
-
-
-def stable_seed(*parts) -> int:
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 @torch.no_grad()
@@ -48,7 +43,7 @@ def initialize_parameters(
             param.fill_(1.0)
             continue
         shape = sharding.full_shape(name, param.shape, tp_size)
-        gen = torch.Generator().manual_seed(stable_seed(seed, gname))
+        gen = keyed_generator(seed, gname)
         scale = std / math.sqrt(2.0 * num_layers) if gname.endswith(_SCALED) else std
         full = torch.empty(shape, dtype=torch.float32).normal_(0.0, scale, generator=gen)
         param.copy_(sharding.shard(name, full, tp_rank, tp_size))

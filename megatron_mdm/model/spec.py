@@ -10,6 +10,11 @@ import copy
 import importlib.util
 
 from megatron_mdm.config import ConfigError, ExperimentConfig
+from megatron_mdm.kernels.fp8_parallel_linear import (
+    FP8ColumnParallelLinear,
+    FP8RowParallelLinear,
+)
+from megatron_mdm.model.sdpa_attention import SDPAttention
 
 TE_MISSING = (
     "transformer_engine needs the transformer-engine package, which is not installed; install it "
@@ -39,11 +44,6 @@ def use_fp8_linears(spec, grad_format: str) -> None:
     (kernels/fp8_parallel_linear.py); everything else keeps the parameter dtype."""
     from megatron.core.transformer.spec_utils import ModuleSpec
 
-    from megatron_mdm.kernels.fp8_parallel_linear import (
-        FP8ColumnParallelLinear,
-        FP8RowParallelLinear,
-    )
-
     params = {"grad_format": grad_format}
     attention = spec.submodules.self_attention.submodules
     mlp = spec.submodules.mlp.submodules
@@ -71,8 +71,6 @@ def layer_spec(
         spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     spec = copy.deepcopy(spec)
     if transformer_impl == "local" and attention_backend == "sdpa":
-        from megatron_mdm.model.sdpa_attention import SDPAttention
-
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
     if transformer_impl == "local" and fp8_grad_format is not None:
         use_fp8_linears(spec, fp8_grad_format)

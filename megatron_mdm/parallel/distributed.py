@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_mdm.config import ExperimentConfig, check_world_size
+from megatron_mdm.parallel.cpu_compat import apply_cpu_compat, seed_model_parallel_rng
 from megatron_mdm.parallel.launch_env import detect_launch_env, export_torch_env
 
 
@@ -52,7 +53,6 @@ def prepare_accelerator() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from megatron_mdm.parallel.cpu_compat import apply_cpu_compat
 
     apply_cpu_compat()
     return torch.device("cpu")
@@ -77,8 +77,6 @@ def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
         )
     dp_size = check_world_size(cfg, launch.world_size)
     from megatron.core import parallel_state as ps
-
-    from megatron_mdm.parallel.cpu_compat import seed_model_parallel_rng
 
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(

@@ -2,7 +2,7 @@
 manifest listing them.
 
 Compute is counted as SMDM and Chinchilla count it, C = 6 * N * D, with N the non-embedding
-parameters (`training.flops.non_embedding_params`, the count the SMDM family table is labelled
+parameters (`model.accounting.non_embedding_params`, the count the SMDM family table is labelled
 by) and D the training tokens, max_steps * global batch * sequence length. A run's
 `train.max_steps` is the whole number of steps nearest to C / (6 * N * tokens per step); a
 (size, budget) pair whose rounding misses C by more than the tolerance (5% by default) or leaves
@@ -41,8 +41,9 @@ from megatron_mdm.config import (
     to_dict,
     validate,
 )
+from megatron_mdm.model.accounting import non_embedding_params
+from megatron_mdm.model.families import experiment_dict, member
 from megatron_mdm.scaling.errors import ScalingLawError
-from megatron_mdm.training.flops import non_embedding_params
 
 __all__ = [
     "TINY_FAMILY",
@@ -106,7 +107,6 @@ def parse_size(spec: str) -> ModelSize:
             )
         label = f"{layers}x{hidden}x{heads}"
         return ModelSize(label, layers, hidden, heads)
-    from megatron_mdm.model.families import member
 
     try:
         m = member(spec)
@@ -227,8 +227,6 @@ def plan_steps(budget: float, params: int, tokens_per_step: int) -> tuple[int, f
 def _base_dict(size: ModelSize, objective: str, spec: SweepSpec) -> dict:
     """The size's config before a budget is applied, as a plain dict."""
     if size.smdm_member:
-        from megatron_mdm.model.families import experiment_dict
-
         d = experiment_dict(size.label, objective)
     else:
         base = spec.base_config or str(DEFAULT_BASE)

@@ -1,32 +1,37 @@
 """`mdm train` (and `mdm sft`): set up the parallel run, then step, log and checkpoint until
 max_steps.
 
-The Trainer does not know where batches come from: a batch source (``PretrainBatches`` here,
-``data.sft_batches.SFTBatches`` for `mdm sft`) gives each step's micro-batches and the
-validation batches, and ``training.step.objective_loss`` picks the loss from the batch type.
-Resume, preemption, checkpoints and metrics are therefore one implementation for both.
+The Trainer does not know where batches come from: a batch source (``data.batches.BatchSource``:
+``data.pretrain_batches.PretrainBatches`` for `mdm train`, ``data.sft_batches.SFTBatches`` for
+`mdm sft`) gives each step's micro-batches and the validation batches, and the loss is chosen
+once from its kind (``training.objective.loss_for``). Resume, preemption, checkpoints and
+metrics are therefore one implementation for both.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from megatron_mdm.checkpointing import deepspeed_io, run_dir
+from megatron_mdm.checkpointing.weights import canonical_weights, load_weights_into
 from megatron_mdm.config import ExperimentConfig
-from megatron_mdm.data.batches import build_micro_batch, micro_batch_positions
-from megatron_mdm.data.prepare import resolve_blend
-from megatron_mdm.data.pretrain_dataset import build_sample_sources
+from megatron_mdm.convert.layouts import ModelShape
+from megatron_mdm.data.pretrain_batches import PretrainBatches
 from megatron_mdm.data.tokenizers import build_tokenizer
+from megatron_mdm.model.accounting import flops_per_token, total_params
+from megatron_mdm.model.builder import build_model
+from megatron_mdm.model.spec import check_transformer_impl
 from megatron_mdm.model.vocab import VocabLayout
 from megatron_mdm.parallel.distributed import ParallelContext, init_distributed, shutdown
-from megatron_mdm.training import checkpoint as ckpt
-from megatron_mdm.training.flops import flops_per_token, peak_tflops_per_device, total_params
-from megatron_mdm.training.metrics import MetricsWriter
+from megatron_mdm.training.engine import build_engine
+from megatron_mdm.training.metrics import MetricsWriter, peak_tflops_per_device
+from megatron_mdm.training.objective import loss_for
 from megatron_mdm.training.preemption import PreemptionWatcher
 from megatron_mdm.training.schedule import lr_at
+from megatron_mdm.training.step import eval_loss, train_step
 
 
 def _vocab(cfg: ExperimentConfig, tokenizer, tp: int) -> VocabLayout:
@@ -45,66 +50,33 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
 
 
-class PretrainBatches:
-    """Pretraining micro-batches: megatron-core GPTDataset samples with DESIGN.md §3 masks.
+class _Window:
+    """Tokens and FLOPs since the last logged step, and when that window started."""
 
-    A batch source gives ``train(step)`` (this rank's micro-batches of that step) and
-    ``valid(i)`` (of the i-th validation batch), says ``has_valid``, and adds ``meta()`` to
-    checkpoints; ``name`` labels the progress bar.
-    """
+    def __init__(self) -> None:
+        self.tokens, self.flops, self.start = 0, 0.0, time.perf_counter()
 
-    name = "train"
-    has_valid = True
+    def add(self, tokens: int, flops: float) -> None:
+        self.tokens += tokens
+        self.flops += flops
 
-    def __init__(self, cfg: ExperimentConfig, ctx: ParallelContext, tokenizer, vocab) -> None:
-        self.cfg, self.ctx, self.vocab = cfg, ctx, vocab
-        self.gas = cfg.gradient_accumulation_steps(ctx.dp_size)
-        blend = resolve_blend(cfg, tokenizer, is_builder=ctx.is_logging_rank)
-        cache = Path(cfg.train.output_dir) / "data" / "index_cache"
-        self.sources = build_sample_sources(cfg, tokenizer, blend, cache)
-
-    def meta(self) -> dict:
-        return {}
-
-    def train(self, step: int):
-        return self._micro_batches("train", step, step * self.cfg.train.global_batch_size)
-
-    def valid(self, i: int):
-        """Masks keyed by ("valid", i), no cropping: the same samples and masks at every
-        evaluation and in every run with the same seed, so the numbers compare."""
-        g = self.cfg.train.global_batch_size
-        return self._micro_batches("valid", ("valid", i), i * g, var_len_prob=0.0)
-
-    def _micro_batches(self, split: str, key, first_index: int, var_len_prob=None):
-        t = self.cfg.train
-        return [
-            build_micro_batch(
-                self.cfg,
-                self.sources[split],
-                self.vocab.mask_id,
-                key,
-                first_index,
-                micro_batch_positions(m, self.ctx.dp_rank, t.micro_batch_size, self.ctx.dp_size),
-                var_len_prob=var_len_prob,
-            )
-            for m in range(self.gas)
-        ]
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
 
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, ctx: ParallelContext, batch_source=PretrainBatches):
         """``batch_source(cfg, ctx, tokenizer, vocab)`` builds the batch source (see
-        :class:`PretrainBatches`); it is called after the tokenizer and vocabulary are known."""
-        from megatron_mdm.model.builder import build_model
-        from megatron_mdm.training.engine import build_engine
+        ``data.batches.BatchSource``); it is called once the tokenizer and vocabulary are known."""
 
         self.cfg, self.ctx = cfg, ctx
         self.tokenizer = build_tokenizer(cfg.data.tokenizer.type, cfg.data.tokenizer.model)
         self.vocab = _vocab(cfg, self.tokenizer, ctx.tp_size)
         self.batches = batch_source(cfg, ctx, self.tokenizer, self.vocab)
+        self.loss_fn = loss_for(cfg, self.batches.kind)
         model = build_model(cfg, self.vocab, ctx.on_gpu).to(ctx.device)
-        resume_from = ckpt.find_resume_checkpoint(cfg)
-        resume_meta = ckpt.read_meta(resume_from) if resume_from is not None else {}
+        resume_from = run_dir.find_resume_checkpoint(cfg)
+        resume_meta = run_dir.read_meta(resume_from) if resume_from is not None else {}
         weights_only = bool(resume_meta.get("weights_only"))
         if weights_only:
             self._load_weights(model, resume_from)
@@ -113,7 +85,7 @@ class Trainer:
         self.engine = build_engine(cfg, model, ctx)
         self.step = 0
         if resume_from is not None and not weights_only:
-            self.step = ckpt.load_checkpoint(self.engine, resume_from, ctx).step
+            self.step = deepspeed_io.load_checkpoint(self.engine, resume_from, ctx).step
         elif weights_only:
             self.step = int(resume_meta["step"])
             self._fast_forward_lr_schedule()
@@ -126,9 +98,6 @@ class Trainer:
             self.metrics = MetricsWriter(cfg.train.output_dir, cfg.logging.tensorboard, self.step)
 
     def _load_weights(self, model, source) -> None:
-        from megatron_mdm.convert.layouts import ModelShape
-        from megatron_mdm.convert.weights import canonical_weights, load_weights_into
-
         shape = ModelShape.from_config(self.cfg.model, self.vocab)
         canonical = canonical_weights(source, shape, self.vocab.padded_size)
         load_weights_into(model, canonical, self.ctx, self.cfg.model.num_layers, str(source))
@@ -147,10 +116,9 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Validation loss on the first `eval_iters` validation batches of the batch source."""
-        from megatron_mdm.training.step import eval_loss
 
         losses = [
-            eval_loss(self.cfg, self.ctx, self.engine, self.batches.valid(i))
+            eval_loss(self.cfg, self.ctx, self.engine, self.batches.valid(i), self.loss_fn)
             for i in range(self.cfg.train.eval_iters)
         ]
         return sum(losses) / len(losses)
@@ -173,21 +141,76 @@ class Trainer:
             "parallel": {"tensor": self.ctx.tp_size, "pipeline": self.ctx.pp_size},
             **self.batches.meta(),
         }
-        path = ckpt.save_checkpoint(self.engine, self.cfg, self.ctx, self.step, meta)
+        path = deepspeed_io.save_checkpoint(self.engine, self.cfg, self.ctx, self.step, meta)
         self._say(f"saved checkpoint {path}")
 
-    def train(self) -> None:
-        from megatron_mdm.training.step import train_step
-
-        cfg, ctx = self.cfg, self.ctx
-        t, log = cfg.train, cfg.logging
-        m = cfg.model
+    def _describe(self) -> None:
+        cfg, ctx, m = self.cfg, self.ctx, self.cfg.model
         self._say(
             f"model: {total_params(m, self.vocab.padded_size) / 1e6:.2f}M parameters, "
             f"objective={m.objective}, TP={ctx.tp_size} PP={ctx.pp_size} DP={ctx.dp_size} "
             f"ZeRO-{cfg.parallel.zero_stage}, device={ctx.device.type}"
         )
-        peak = peak_tflops_per_device(log.peak_tflops) * 1e12 * ctx.world_size
+
+    def _step_flops(self, batches) -> float:
+        m, padded = self.cfg.model, self.vocab.padded_size
+        per_rank = sum(
+            flops_per_token(m, padded, b.inputs.shape[1]) * b.num_tokens for b in batches
+        )
+        return per_rank * self.ctx.dp_size
+
+    def _log(self, out: dict, lr: float, window: _Window) -> None:
+        """One metrics record (and log line) for the interval that ends at this step."""
+        t, ctx = self.cfg.train, self.ctx
+        elapsed = window.elapsed()
+        peak = peak_tflops_per_device(self.cfg.logging.peak_tflops) * 1e12 * ctx.world_size
+        record = {
+            "step": self.step,
+            "loss": out["loss"],
+            "lr": lr,
+            "grad_norm": out["grad_norm"],
+            "consumed_samples": self.step * t.global_batch_size,
+            "tokens_per_s": window.tokens / elapsed,
+            "mfu": window.flops / elapsed / peak,
+            "tflops_per_device": window.flops / elapsed / ctx.world_size / 1e12,
+            "peak_mem_gb": peak_memory_gb(),
+        }
+        if self.metrics is not None:
+            self.metrics.write(record)
+        self._say(
+            f"step {self.step:>6} | loss {out['loss']:.4f} | lr {lr:.3e} | "
+            f"grad_norm {out['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
+            f"MFU {100 * record['mfu']:.2f}%"
+        )
+
+    def _maybe_evaluate(self) -> None:
+        t = self.cfg.train
+        if t.eval_interval <= 0 or not self.batches.has_valid:
+            return
+        if self.step % t.eval_interval == 0 or self.step == t.max_steps:
+            val = self.evaluate()
+            if self.metrics is not None:
+                self.metrics.write({"step": self.step, "val_loss": val})
+            self._say(f"step {self.step:>6} | validation loss {val:.4f}")
+
+    def _save_or_stop(self) -> bool:
+        """Periodic checkpoint; on a stop signal (any rank) a checkpoint and True: stop now."""
+        t, interval = self.cfg.train, self.cfg.checkpoint.save_interval
+        saved = False
+        if interval > 0 and self.step % interval == 0 and self.step < t.max_steps:
+            self.save()
+            saved = True
+        if self.step < t.max_steps and self.preemption.should_stop(self.ctx.device):
+            self._say(f"received {self.preemption.name}: checkpointing step {self.step}, exiting")
+            if not saved:
+                self.save()
+            return True
+        return False
+
+    def train(self) -> None:
+        """Step until max_steps: train step, log, evaluate, save or stop; save at the end."""
+        t, log, ctx = self.cfg.train, self.cfg.logging, self.ctx
+        self._describe()
         bar = tqdm(
             total=t.max_steps,
             initial=self.step,
@@ -195,75 +218,29 @@ class Trainer:
             desc=self.batches.name,
             dynamic_ncols=True,
         )
-        window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
-        while self.step < t.max_steps:
+        window = _Window()
+        stopped = False
+        while self.step < t.max_steps and not stopped:
             batches = self.batches.train(self.step)
-            out = train_step(cfg, ctx, self.engine, batches)
+            out = train_step(self.cfg, ctx, self.engine, batches, self.loss_fn)
             lr = lr_at(self.step, t)
             self.step += 1
-            tokens = sum(b.num_tokens for b in batches) * ctx.dp_size
-            window_tokens += tokens
-            window_flops += (
-                sum(
-                    flops_per_token(m, self.vocab.padded_size, b.inputs.shape[1]) * b.num_tokens
-                    for b in batches
-                )
-                * ctx.dp_size
-            )
+            window.add(sum(b.num_tokens for b in batches) * ctx.dp_size, self._step_flops(batches))
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{lr:.2e}")
             if self.step % log.interval == 0 or self.step == t.max_steps:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {
-                    "step": self.step,
-                    "loss": out["loss"],
-                    "lr": lr,
-                    "grad_norm": out["grad_norm"],
-                    "consumed_samples": self.step * t.global_batch_size,
-                    "tokens_per_s": window_tokens / elapsed,
-                    "mfu": window_flops / elapsed / peak,
-                    "tflops_per_device": window_flops / elapsed / ctx.world_size / 1e12,
-                    "peak_mem_gb": peak_memory_gb(),
-                }
-                if self.metrics is not None:
-                    self.metrics.write(record)
-                self._say(
-                    f"step {self.step:>6} | loss {out['loss']:.4f} | lr {lr:.3e} | "
-                    f"grad_norm {out['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
-                    f"MFU {100 * record['mfu']:.2f}%"
-                )
-                window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
-            if (
-                t.eval_interval > 0
-                and self.batches.has_valid
-                and (self.step % t.eval_interval == 0 or self.step == t.max_steps)
-            ):
-                val = self.evaluate()
-                if self.metrics is not None:
-                    self.metrics.write({"step": self.step, "val_loss": val})
-                self._say(f"step {self.step:>6} | validation loss {val:.4f}")
-            interval = cfg.checkpoint.save_interval
-            saved = False
-            if interval > 0 and self.step % interval == 0 and self.step < t.max_steps:
-                self.save()
-                saved = True
-            if self.step < t.max_steps and self.preemption.should_stop(ctx.device):
-                self._say(
-                    f"received {self.preemption.name}: checkpointing step {self.step}, exiting"
-                )
-                if not saved:
-                    self.save()
-                break
-        else:
-            if cfg.checkpoint.save_at_end:
-                self.save()
+                self._log(out, lr, window)
+                window = _Window()
+            self._maybe_evaluate()
+            stopped = self._save_or_stop()
+        if not stopped and self.cfg.checkpoint.save_at_end:
+            self.save()
         bar.close()
         if self.metrics is not None:
             self.metrics.close()
 
 
 def run_training(cfg: ExperimentConfig) -> None:
-    from megatron_mdm.model.spec import check_transformer_impl
 
     check_transformer_impl(cfg)
     torch.manual_seed(cfg.train.seed)

@@ -1,10 +1,34 @@
-"""Training metrics: `<output_dir>/metrics.jsonl` (one JSON object per logged step) + TensorBoard."""
+"""Training metrics: `<output_dir>/metrics.jsonl` (one JSON object per logged step) + TensorBoard,
+and the peak FLOP/s that MFU is measured against."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+
+from megatron_mdm.utils import atomic_write_text
+
+# Dense BF16 peak (no sparsity), TFLOP/s per device.
+GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}
+
+
+def peak_tflops_per_device(configured: float | None) -> float:
+    """Configured value, else a table lookup for the GPU, else a CPU estimate (cores x 32 FP32
+    FLOP/cycle (2 AVX2 FMA units) x 2.5 GHz), good enough to compare CPU runs with each other."""
+    if configured:
+        return configured
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, value in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return value
+        return 312.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) * 32 * 2.5e9 / 1e12
 
 
 class MetricsWriter:
@@ -29,9 +53,7 @@ class MetricsWriter:
             for line in self.path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step
         ]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
         clean = {

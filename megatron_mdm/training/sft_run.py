@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_mdm.checkpointing.run_dir import CheckpointError
 from megatron_mdm.config import ConfigError, ExperimentConfig, validate
 from megatron_mdm.data.sft import (
     ChatTemplate,
@@ -30,8 +31,12 @@ from megatron_mdm.data.sft import (
     fit_examples,
     iter_sft_groups,
 )
+from megatron_mdm.data.sft_batches import SFTBatches
 from megatron_mdm.data.tokenizers import build_tokenizer
-from megatron_mdm.model.init import stable_seed
+from megatron_mdm.model.spec import check_transformer_impl
+from megatron_mdm.parallel.distributed import init_distributed, shutdown
+from megatron_mdm.training.loop import Trainer
+from megatron_mdm.utils import keyed_generator
 
 __all__ = ["SFTData", "load_sft_data", "run_sft", "sft_run_length"]
 
@@ -73,7 +78,7 @@ def _hold_out(groups: list, fraction: float, seed: int) -> tuple[list, list]:
     k = max(1, round(fraction * n))
     if k >= n:
         raise ValueError(f"sft.valid_fraction {fraction} of {n} examples leaves none to train on")
-    gen = torch.Generator().manual_seed(stable_seed(seed, "sft-valid"))
+    gen = keyed_generator(seed, "sft-valid")
     held = set(torch.randperm(n, generator=gen)[:k].tolist())
     train = [g for i, g in enumerate(groups) if i not in held]
     valid = [g for i, g in enumerate(groups) if i in held]
@@ -125,11 +130,6 @@ def sft_run_length(cfg: ExperimentConfig, num_train: int) -> ExperimentConfig:
 
 
 def run_sft(cfg: ExperimentConfig) -> None:
-    from megatron_mdm.convert.training_checkpoint import CheckpointError
-    from megatron_mdm.data.sft_batches import SFTBatches
-    from megatron_mdm.model.spec import check_transformer_impl
-    from megatron_mdm.parallel.distributed import init_distributed, shutdown
-    from megatron_mdm.training.loop import Trainer
 
     check_sft_inputs(cfg)
     check_transformer_impl(cfg)

@@ -14,28 +14,10 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_mdm.config import ExperimentConfig
-from megatron_mdm.data.batches import MicroBatch
-from megatron_mdm.data.sft import SFTMicroBatch
-from megatron_mdm.diffusion.loss import arm_loss, mdlm_loss, smdm_loss, token_cross_entropy
-from megatron_mdm.diffusion.sft_loss import sft_loss
 from megatron_mdm.parallel.distributed import ParallelContext
 from megatron_mdm.parallel.mpu import GradNormMPU
 from megatron_mdm.training.engine import deepspeed_clips
-
-
-def objective_loss(
-    cfg: ExperimentConfig, logits: torch.Tensor, mb: MicroBatch | SFTMicroBatch
-) -> torch.Tensor:
-    """The loss of one micro-batch: SFT (DESIGN.md §4, both objectives) for SFT batches, else
-    the pretraining objective. Runs on the last pipeline stage, vocab-parallel under TP."""
-    if isinstance(mb, SFTMicroBatch):
-        ce = token_cross_entropy(logits, mb.targets)
-        return sft_loss(ce, mb.masked, mb.p_mask, mb.response_lengths, cfg.sft.normalize)
-    if cfg.model.objective == "arm":
-        return arm_loss(logits, mb.targets)
-    if cfg.diffusion.loss == "mdlm":
-        return mdlm_loss(logits, mb.targets, mb.masked, mb.p_mask, cfg.diffusion.eps)
-    return smdm_loss(logits, mb.targets, mb.masked, mb.p_mask)
+from megatron_mdm.training.objective import LossFn
 
 
 def _clip_and_norm(cfg: ExperimentConfig, engine) -> float:
@@ -55,13 +37,15 @@ def _mean_over_data_parallel(value: torch.Tensor) -> float:
     return value.item() / torch.distributed.get_world_size(group=group)
 
 
-def train_step_no_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dict:
+def train_step_no_pipeline(
+    cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn
+) -> dict:
     losses = []
     grad_norm = float("nan")
     for i, mb in enumerate(micro_batches):
         mb = mb.to(ctx.device)
         logits = engine(mb.inputs)
-        loss = objective_loss(cfg, logits, mb)
+        loss = loss_fn(logits, mb)
         engine.backward(loss)
         if i == len(micro_batches) - 1 and not deepspeed_clips(cfg):
             grad_norm = _clip_and_norm(cfg, engine)
@@ -73,7 +57,9 @@ def train_step_no_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> 
     return {"loss": loss, "grad_norm": grad_norm}
 
 
-def _pipeline_losses(cfg, ctx: ParallelContext, engine, micro_batches, forward_only: bool):
+def _pipeline_losses(
+    ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn, forward_only: bool
+):
     """Run megatron-core's pipeline schedule; the mean micro-batch loss, on every stage."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -82,7 +68,7 @@ def _pipeline_losses(cfg, ctx: ParallelContext, engine, micro_batches, forward_o
         output = model(mb.inputs)
 
         def loss_func(logits):
-            loss = objective_loss(cfg, logits, mb)
+            loss = loss_fn(logits, mb)
             # clone: the schedule divides the returned loss in place by the micro-batch count.
             return loss, {"loss": loss.detach().clone().float()}
 
@@ -104,8 +90,8 @@ def _pipeline_losses(cfg, ctx: ParallelContext, engine, micro_batches, forward_o
     return local
 
 
-def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dict:
-    loss = _pipeline_losses(cfg, ctx, engine, micro_batches, forward_only=False)
+def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn) -> dict:
+    loss = _pipeline_losses(ctx, engine, micro_batches, loss_fn, forward_only=False)
     if cfg.parallel.zero_stage == 0:
         engine.allreduce_gradients()
     else:
@@ -120,20 +106,20 @@ def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches) -> dic
 
 
 @torch.no_grad()
-def eval_loss(cfg, ctx: ParallelContext, engine, micro_batches) -> float:
+def eval_loss(cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn) -> float:
     """Mean loss over the micro-batches (forward only), averaged over data-parallel ranks."""
     if cfg.parallel.pipeline > 1:
-        loss = _pipeline_losses(cfg, ctx, engine, micro_batches, forward_only=True)
+        loss = _pipeline_losses(ctx, engine, micro_batches, loss_fn, forward_only=True)
     else:
         losses = []
         for mb in micro_batches:
             mb = mb.to(ctx.device)
-            losses.append(objective_loss(cfg, engine(mb.inputs), mb).float())
+            losses.append(loss_fn(engine(mb.inputs), mb).float())
         loss = torch.stack(losses).mean()
     return _mean_over_data_parallel(loss)
 
 
-def train_step(cfg, ctx, engine, micro_batches) -> dict:
+def train_step(cfg, ctx, engine, micro_batches, loss_fn: LossFn) -> dict:
     if cfg.parallel.pipeline > 1:
-        return train_step_pipeline(cfg, ctx, engine, micro_batches)
-    return train_step_no_pipeline(cfg, ctx, engine, micro_batches)
+        return train_step_pipeline(cfg, ctx, engine, micro_batches, loss_fn)
+    return train_step_no_pipeline(cfg, ctx, engine, micro_batches, loss_fn)

@@ -7,40 +7,28 @@ Sharding uses huggingface_hub's `split_torch_state_dict_into_shards`, so the fil
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from megatron_mdm.data.tokenizers import build_tokenizer
+from megatron_mdm.utils import MDMError, atomic_directory
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 TOKENIZER_INFO = "mdm_tokenizer.json"
 
 
-class FolderError(ValueError):
+class FolderError(MDMError):
     """One line naming the file at fault."""
 
 
-@contextlib.contextmanager
-def atomic_folder(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a staging folder beside `out_dir`; rename it to `out_dir` only on success."""
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FolderError(f"{out_dir}: already exists (refusing to overwrite)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    try:
-        yield staging
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+def atomic_folder(out_dir: str | Path):
+    """A staging folder beside `out_dir`, renamed to `out_dir` only on success."""
+    return atomic_directory(out_dir, exists_error=FolderError)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -100,8 +88,6 @@ def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def write_tokenizer(folder: Path, tokenizer_meta: dict) -> None:
     """Copy the tokenizer's files and describe it in `mdm_tokenizer.json` for our loaders."""
-    from megatron_mdm.data.tokenizers import build_tokenizer
-
     tok = build_tokenizer(tokenizer_meta["type"], tokenizer_meta.get("model"))
     copied = []
     for src in tok.files():

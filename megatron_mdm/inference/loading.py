@@ -3,7 +3,7 @@
 Both give a `model_fn(token ids [B, L]) -> logits [B, L, V]` plus the tokenizer and special ids,
 so samplers and evaluators never care where the weights came from:
 - `--ckpt`: a training checkpoint at any TP/PP/ZeRO; its shards are gathered into the full model
-  (`convert.training_checkpoint`) and run on one process (megatron-core at TP=PP=1, gloo/NCCL
+  (`checkpointing.canonical`) and run on one process (megatron-core at TP=PP=1, gloo/NCCL
   world of one);
 - `--hf`: an exported `hf` folder, run with `transformers` through the shipped modeling file.
 
@@ -13,17 +13,38 @@ shipped plain-torch `MDMForMaskedLM` (convert/hf_modeling/modeling_mdm.py): the 
 own model for `--hf`, and for `--ckpt` the same class built on demand from the gathered weights
 through the `hf` export mapping (`convert.layouts.to_hf`), sharing the megatron model's tensors
 where the mapping does not cut them. Both sources thus run one cached implementation.
+
+Bad paths are one line (`ModelLoadError`), never a traceback from inside a library.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from megatron_mdm.checkpointing.canonical import load_canonical
+from megatron_mdm.checkpointing.folder_io import read_tokenizer
+from megatron_mdm.checkpointing.run_dir import find_checkpoint, read_meta, vocab_from_meta
+from megatron_mdm.checkpointing.weights import canonical_weights, load_weights_into
+from megatron_mdm.config import from_dict
+from megatron_mdm.convert import layouts
+from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
+from megatron_mdm.convert.hf_modeling.modeling_mdm import MDMForMaskedLM
+from megatron_mdm.data.tokenizers import build_tokenizer
+from megatron_mdm.model.builder import build_model
+from megatron_mdm.parallel.distributed import init_distributed
+from megatron_mdm.utils import MDMError
+
+
+class ModelLoadError(MDMError):
+    """A model path that is not a checkpoint or an export: one line naming it."""
 
 
 @dataclass
@@ -45,8 +66,6 @@ class InferenceModel:
 
 def _single_process_world() -> None:
     if "MASTER_PORT" not in os.environ:
-        import socket
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
@@ -55,16 +74,6 @@ def _single_process_world() -> None:
 
 
 def from_training_checkpoint(path: str | Path) -> InferenceModel:
-    from megatron_mdm.config import from_dict
-    from megatron_mdm.convert import layouts
-    from megatron_mdm.convert.commands import vocab_from_meta
-    from megatron_mdm.convert.training_checkpoint import find_checkpoint
-    from megatron_mdm.convert.weights import canonical_weights, load_weights_into
-    from megatron_mdm.data.tokenizers import build_tokenizer
-    from megatron_mdm.model.builder import build_model
-    from megatron_mdm.parallel.distributed import init_distributed
-    from megatron_mdm.training.checkpoint import read_meta
-
     ckpt = find_checkpoint(path)
     meta = read_meta(ckpt)
     config = dict(meta["config"])
@@ -105,12 +114,6 @@ def from_training_checkpoint_torch(path: str | Path, objective: str | None = Non
     implementation. Its logits equal megatron's within float tolerance (the `hf` export parity
     test). `objective` overrides the attention mask (e.g. "arm": the same weights, causal, to
     time the ARM decoder at an equal model size)."""
-    from megatron_mdm.config import from_dict
-    from megatron_mdm.convert import layouts
-    from megatron_mdm.convert.commands import vocab_from_meta
-    from megatron_mdm.convert.training_checkpoint import load_canonical
-    from megatron_mdm.data.tokenizers import build_tokenizer
-
     canonical, meta, ckpt = load_canonical(path)
     cfg = from_dict(meta["config"], source=str(ckpt))
     vocab = vocab_from_meta(meta)
@@ -139,10 +142,6 @@ def torch_model_from_canonical(canonical: dict, shape, meta: dict):
     """The shipped `MDMForMaskedLM` holding `canonical` weights (renamed and cut by the `hf`
     export mapping), in eval mode. `meta` as for `layouts.hf_config`. Built on the meta device
     and given the tensors themselves, so no random init runs and uncut tensors are not copied."""
-    from megatron_mdm.convert import layouts
-    from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
-    from megatron_mdm.convert.hf_modeling.modeling_mdm import MDMForMaskedLM
-
     config = MDMConfig(**layouts.hf_config(shape, meta))
     weights = layouts.to_hf(canonical, shape)
     with torch.device("meta"):
@@ -153,9 +152,6 @@ def torch_model_from_canonical(canonical: dict, shape, meta: dict):
 
 def from_hf_folder(path: str | Path) -> InferenceModel:
     from transformers import AutoModelForMaskedLM
-
-    from megatron_mdm.convert.folder_io import read_tokenizer
-    from megatron_mdm.data.tokenizers import build_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForMaskedLM.from_pretrained(str(path), trust_remote_code=True)
@@ -172,3 +168,28 @@ def from_hf_folder(path: str | Path) -> InferenceModel:
         load_cached_model=lambda: model,
         max_length=model.config.max_position_embeddings,
     )
+
+
+def load_model(ckpt: str | None = None, hf: str | None = None) -> InferenceModel:
+    """InferenceModel from exactly one of a training checkpoint / output_dir or an hf export."""
+    if (ckpt is None) == (hf is None):
+        raise ModelLoadError(
+            "give exactly one of a training checkpoint (ckpt) or an hf folder (hf)"
+        )
+    if ckpt is not None:
+        return from_training_checkpoint(ckpt)
+    if not (Path(hf) / "config.json").is_file():
+        raise ModelLoadError(f"{hf}: not an exported folder (no config.json)")
+    return from_hf_folder(hf)
+
+
+def trained_seq_length(model=None, ckpt: str | None = None, hf: str | None = None) -> int:
+    """Sequence length the model was trained at: the loaded model's `max_length` when it has
+    one, else read from the checkpoint (`model.seq_length`) or the export's config.json
+    (`max_position_embeddings`)."""
+    if getattr(model, "max_length", None):
+        return int(model.max_length)
+    if ckpt is not None:
+        return int(read_meta(find_checkpoint(ckpt))["config"]["model"]["seq_length"])
+    config = json.loads((Path(hf) / "config.json").read_text())
+    return int(config.get("max_position_embeddings", 2048))

@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_mdm.config import ExperimentConfig, ModelConfig
-from megatron_mdm.training.flops import non_embedding_params
+from megatron_mdm.model.accounting import non_embedding_params
 
 GiB = float(1 << 30)
 

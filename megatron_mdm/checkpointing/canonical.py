@@ -1,4 +1,4 @@
-"""Training checkpoints as full (unpartitioned) state dicts, and back.
+"""Training checkpoints as the canonical full (unpartitioned, TP=1/PP=1) state dict, and back.
 
 Reading gathers every TP shard and PP stage of a DeepSpeed checkpoint written by `mdm train`
 into the canonical state dict: the TP=1, PP=1 megatron-core names and shapes (`model.sharding`
@@ -16,33 +16,27 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 
+from megatron_mdm.checkpointing.run_dir import (
+    LATEST,
+    META,
+    CheckpointError,
+    find_checkpoint,
+    read_meta,
+    tag_for,
+)
 from megatron_mdm.config import from_dict
+from megatron_mdm.convert import layouts
 from megatron_mdm.model import sharding
-from megatron_mdm.training.checkpoint import LATEST, META, read_meta, resolve_checkpoint, tag_for
+from megatron_mdm.utils import atomic_directory
 
 MODEL_STATES = "mp_rank_{:02d}_model_states.pt"
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
-
-
-class CheckpointError(ValueError):
-    """One line naming the file (and tensor) at fault."""
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    try:
-        found = resolve_checkpoint(path)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-    if found is None:
-        raise CheckpointError(f"{path}: not a checkpoint (no {META}, no {LATEST})")
-    return found
 
 
 def model_parallel_rank(pp_rank: int, tp_rank: int, tp: int) -> int:
@@ -145,6 +139,16 @@ def load_canonical(path: str | Path, fp32_master: bool = False) -> tuple[dict, d
     return full, meta, ckpt
 
 
+def check_canonical_shapes(canonical: dict, shape, padded_vocab: int, where: str) -> None:
+    """Every tensor of the model `shape` present with its canonical shape, and nothing else; a
+    mismatch is one line naming the first tensor at fault (`layouts.check_state_dict`)."""
+
+    try:
+        layouts.check_state_dict(canonical, layouts.canonical_shapes(shape, padded_vocab), where)
+    except layouts.LayoutError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def shard_for_rank(
     canonical: dict, tp_rank: int, tp: int, pp_rank: int, pp: int, num_layers: int
 ) -> dict:
@@ -187,8 +191,6 @@ def write_weights_checkpoint(
     The folder is built under a temporary name next to `out_dir` and renamed into place, so a
     failure leaves nothing under the final name."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise CheckpointError(f"{out_dir}: already exists (refusing to overwrite)")
     config = dict(meta["config"])
     config["parallel"] = {**config["parallel"], "tensor": tp, "pipeline": pp}
     if pp > 1 and config["parallel"]["zero_stage"] > 1:
@@ -196,10 +198,8 @@ def write_weights_checkpoint(
     config["train"] = {**config["train"], "output_dir": str(out_dir)}
     cfg = from_dict(config, source=str(out_dir))  # validates tp/pp against the model
     num_layers = cfg.model.num_layers
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    try:
-        step = int(meta.get("step", 0))
+    step = int(meta.get("step", 0))
+    with atomic_directory(out_dir, exists_error=CheckpointError) as staging:
         tag_dir = staging / "checkpoints" / tag_for(step)
         tag_dir.mkdir(parents=True)
         for p in range(pp):
@@ -220,8 +220,4 @@ def write_weights_checkpoint(
         (staging / "checkpoints" / LATEST).write_text(tag_for(step))
         if populate is not None:  # extra files (e.g. the tokenizer) inside the atomic folder
             populate(staging)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir / "checkpoints" / tag_for(step)

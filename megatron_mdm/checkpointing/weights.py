@@ -12,12 +12,9 @@ from pathlib import Path
 
 import torch
 
-from megatron_mdm.convert import folder_io, layouts
-from megatron_mdm.convert.training_checkpoint import (
-    CheckpointError,
-    load_canonical,
-    shard_for_rank,
-)
+from megatron_mdm.checkpointing import folder_io
+from megatron_mdm.checkpointing.canonical import CheckpointError, load_canonical, shard_for_rank
+from megatron_mdm.convert import layouts
 
 FORMAT_MARKERS = {
     "llada": "model.transformer.wte.weight",

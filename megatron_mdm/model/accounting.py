@@ -1,4 +1,4 @@
-"""Model FLOPs per token and MFU.
+"""Parameter counts and model FLOPs per token (for MFU, config summaries and scaling budgets).
 
 Training FLOPs per token = 6 * N + 12 * n_layers * d * L, where N counts the parameters that do
 matrix multiplies per token (transformer layers and the output layer; the input embedding is a
@@ -9,12 +9,7 @@ is counted the same way (as PaLM and Megatron do), so MDM/ARM MFU compare like f
 
 from __future__ import annotations
 
-import os
-
 from megatron_mdm.config import ModelConfig
-
-# Dense BF16 peak (no sparsity), TFLOP/s per device.
-GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}
 
 
 def non_embedding_params(m: ModelConfig) -> int:
@@ -34,20 +29,3 @@ def flops_per_token(m: ModelConfig, padded_vocab: int, seq_length: int | None = 
     seq = m.seq_length if seq_length is None else seq_length
     matmul_params = non_embedding_params(m) + padded_vocab * m.hidden_size
     return 6.0 * matmul_params + 12.0 * m.num_layers * m.hidden_size * seq
-
-
-def peak_tflops_per_device(configured: float | None) -> float:
-    """Configured value, else a table lookup for the GPU, else a CPU estimate (cores x 32 FP32
-    FLOP/cycle (2 AVX2 FMA units) x 2.5 GHz), good enough to compare CPU runs with each other."""
-    if configured:
-        return configured
-    import torch
-
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        for key, value in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return value
-        return 312.0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (cores or 1) * 32 * 2.5e9 / 1e12

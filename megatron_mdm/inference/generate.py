@@ -1,0 +1,118 @@
+"""`generate(model, prompt_ids, config) -> ids`: the one entry point to every sampler.
+
+The samplers themselves are algorithms over a `model_fn` (docs/design.md §6, `diffusion/`):
+`llada` (the block sampler with no cache and no threshold), `fast` (the same reveal step with
+Fast-dLLM's approximate KV cache and confidence threshold), `mdlm` (ancestral, no-change cache)
+and `arm` (left to right with a KV cache; `cache="none"`: a full forward pass per token). This
+module picks one from a `SamplingConfig` and the model's objective, seeds it, and turns text
+into ids and back, so `mdm generate`, the evaluations and the benchmarks sample identically.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_mdm.diffusion.arm_sampling import arm_sample, arm_sample_kv
+from megatron_mdm.diffusion.fast_sampling import fast_sample
+from megatron_mdm.diffusion.sampling import block_schedule, mdlm_sample
+from megatron_mdm.inference.loading import InferenceModel
+from megatron_mdm.inference.sampling_config import SamplingConfig, SamplingError, pick_sampler
+
+__all__ = ["complete", "cut_at_eos", "generate", "generate_ids"]
+
+
+def _check(config: SamplingConfig, sampler: str) -> None:
+    config.validate()
+    if sampler in ("llada", "fast"):
+        try:
+            block_schedule(config.gen_length, config.steps, config.blocks, config.remasking)
+        except ValueError as exc:
+            raise SamplingError(str(exc)) from None
+    if sampler == "fast" and config.threshold is not None and config.remasking != "low_confidence":
+        raise SamplingError("a confidence threshold needs remasking=low_confidence")
+
+
+def generate(
+    model: InferenceModel,
+    prompt_ids: torch.Tensor,
+    config: SamplingConfig,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    """Token ids [B, P] -> [B, P + n] (n = gen_length, or fewer for arm stopping at EOS)."""
+    sampler = pick_sampler(config.sampler, model.objective)
+    _check(config, sampler)
+    c = config
+    if sampler == "arm" and prompt_ids.shape[1] < 1:
+        raise SamplingError("the arm sampler needs a prompt of at least one token")
+    prompt_ids = prompt_ids.to(model.device)
+    generator = torch.Generator(device=model.device).manual_seed(c.seed)
+    if sampler == "arm":
+        if c.cache == "none":
+            return arm_sample(
+                model.model_fn,
+                prompt_ids,
+                c.gen_length,
+                c.temperature,
+                model.eos_id,
+                generator,
+                stats,
+            )
+        return arm_sample_kv(
+            model.cached_model,
+            prompt_ids,
+            c.gen_length,
+            c.temperature,
+            model.eos_id,
+            generator,
+            stats,
+        )
+    if sampler == "mdlm":
+        return mdlm_sample(
+            model.model_fn,
+            prompt_ids,
+            model.mask_id,
+            c.gen_length,
+            c.steps,
+            generator=generator,
+            stats=stats,
+        )
+    fast = sampler == "fast"
+    cache = c.cache if fast else "none"
+    return fast_sample(
+        model.model_fn,
+        prompt_ids,
+        model.mask_id,
+        c.gen_length,
+        c.steps,
+        c.blocks,
+        c.temperature,
+        c.remasking,
+        c.cfg,
+        generator,
+        threshold=c.threshold if fast else None,
+        cache=cache,
+        cached_model=None if cache == "none" else model.cached_model,
+        stats=stats,
+    )
+
+
+def cut_at_eos(row: list[int], eos_id: int) -> list[int]:
+    return row[: row.index(eos_id)] if eos_id in row else row
+
+
+def generate_ids(
+    model: InferenceModel, prompt_ids: list[int], config: SamplingConfig, num_samples: int = 1
+) -> list[list[int]]:
+    """`num_samples` continuations of `prompt_ids` as token ids, each cut at its first EOS
+    (for prompts that are not text, e.g. a lone EOS: "start a new document")."""
+    prompt = torch.tensor([list(prompt_ids)] * num_samples, dtype=torch.long)
+    rows = generate(model, prompt, config)[:, len(prompt_ids) :].tolist()
+    return [cut_at_eos(row, model.eos_id) for row in rows]
+
+
+def complete(
+    model: InferenceModel, prompt: str, config: SamplingConfig, num_samples: int = 1
+) -> list[str]:
+    """`num_samples` completions of `prompt` (the text after it, cut at the first EOS)."""
+    ids = model.tokenizer.encode(prompt)
+    return [model.tokenizer.decode(row) for row in generate_ids(model, ids, config, num_samples)]

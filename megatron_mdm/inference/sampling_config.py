@@ -1,0 +1,107 @@
+"""Every sampler option in one dataclass, each with its one default (docs/design.md §6).
+
+`mdm generate`, `mdm eval gsm8k|genppl`, the lm-eval model and the benchmarks all build a
+`SamplingConfig` and hand it to `inference.generate.generate`; their command lines map flags onto
+its fields and nothing else. A command that needs other defaults (GSM8K answers need 256 tokens)
+passes `SamplingConfig(gen_length=256, ...)` as the defaults of its flags; the field list and its
+checks stay here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+from megatron_mdm.utils import MDMError
+
+SamplerName = Literal["llada", "mdlm", "fast", "arm"]
+CacheMode = Literal["none", "prefix", "dual"]
+Remasking = Literal["low_confidence", "random"]
+
+SAMPLERS: tuple[str, ...] = typing.get_args(SamplerName)
+DIFFUSION_SAMPLERS: tuple[str, ...] = tuple(s for s in SAMPLERS if s != "arm")
+CACHE_MODES: tuple[str, ...] = typing.get_args(CacheMode)
+REMASKING: tuple[str, ...] = typing.get_args(Remasking)
+
+
+class SamplingError(MDMError):
+    """Sampler settings that do not fit together or do not fit the model: one line."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    sampler: SamplerName | None = None
+    """llada | mdlm | fast (masked diffusion) or arm (left to right); None: arm for an ARM
+    checkpoint, llada for a masked diffusion model."""
+    gen_length: int = 64
+    """Tokens generated after the prompt (an upper bound for arm, which stops at EOS)."""
+    steps: int = 64
+    """Denoising steps over the whole generation (llada/fast/mdlm); split evenly over blocks."""
+    block_length: int | None = None
+    """Semi-autoregressive block size (llada/fast); None: one block of gen_length."""
+    temperature: float = 0.0
+    """Gumbel-max temperature (float64 noise); 0 is greedy."""
+    remasking: Remasking = "low_confidence"
+    """Which masked positions a step reveals: the most confident, or random ones."""
+    cfg: float = 0.0
+    """Classifier-free guidance weight w (SMDM's unsupervised form); 0 disables it."""
+    cache: CacheMode = "dual"
+    """fast: approximate KV cache per block (prefix | dual | none); arm: none = no KV cache."""
+    threshold: float | None = 0.9
+    """fast: also reveal every masked token of the block above this confidence; None: the
+    fixed schedule only."""
+    seed: int = 0
+    """Seed of the sampling generator (Gumbel noise, random remasking, MDLM draws)."""
+
+    @property
+    def blocks(self) -> int:
+        """The block length in effect (gen_length when unset)."""
+        return self.block_length or self.gen_length
+
+    def replace(self, **changes) -> SamplingConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> SamplingConfig:
+        """Raise SamplingError naming the first option at fault; return self."""
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise SamplingError(
+                f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}"
+            )
+        for name in ("gen_length", "steps"):
+            if getattr(self, name) < 1:
+                raise SamplingError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.block_length is not None and self.block_length < 1:
+            raise SamplingError(f"block_length must be >= 1, not {self.block_length}")
+        if not self.temperature >= 0:
+            raise SamplingError(f"temperature must be >= 0, not {self.temperature}")
+        if self.remasking not in REMASKING:
+            raise SamplingError(
+                f"remasking must be one of {', '.join(REMASKING)}, not {self.remasking!r}"
+            )
+        if self.cache not in CACHE_MODES:
+            raise SamplingError(
+                f"cache must be one of {', '.join(CACHE_MODES)}, not {self.cache!r}"
+            )
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise SamplingError(f"threshold must be in [0, 1] or None, not {self.threshold}")
+        return self
+
+
+def pick_sampler(requested: str | None, objective: str) -> str:
+    """The sampler to run for a model trained with `objective`; SamplingError for one of the
+    wrong kind."""
+    if requested is None:
+        return "arm" if objective == "arm" else "llada"
+    if objective == "arm" and requested != "arm":
+        raise SamplingError(
+            f"--sampler {requested} needs a masked diffusion model; this is an ARM "
+            "checkpoint (use --sampler arm)"
+        )
+    if objective != "arm" and requested == "arm":
+        raise SamplingError(
+            "--sampler arm needs an ARM checkpoint; this is a masked diffusion model "
+            f"(use one of {', '.join(DIFFUSION_SAMPLERS)})"
+        )
+    return requested
