@@ -1,9 +1,16 @@
-"""Config schema, YAML + override loading and validation. Fast, no torch."""
+"""Config schema, YAML + override loading and validation. Fast, no torch (one test checks the
+consumers of the choice tuples, which are torch modules, when torch is there)."""
 
+import ast
 import dataclasses
+import inspect
+import subprocess
+import sys
+import typing
 
 import pytest
 
+import megatron_mdm.config as config
 from megatron_mdm.config import (
     ConfigError,
     ExperimentConfig,
@@ -167,7 +174,7 @@ def test_wrong_type_in_file(tmp_path):
 )
 def test_bad_choice(override, key):
     message = error(None, [override])
-    assert message.startswith(f"<defaults>: {key}: must be one of")
+    assert message.startswith(f"<defaults> (override {override}): {key}: must be one of")
 
 
 @pytest.mark.parametrize(
@@ -300,3 +307,205 @@ def test_check_world_size():
     assert "train.global_batch_size" in message and "\n" not in message
     with pytest.raises(ConfigError, match="train.global_batch_size"):
         cfg.gradient_accumulation_steps(3)
+
+
+# -- Literal choices ---------------------------------------------------------------------------
+
+
+def _sections(cls=config.ExperimentConfig, prefix=""):
+    """(dotted key, field, annotation) of every config key, nested sections included."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _sections(hints[f.name], key)
+        else:
+            yield key, f, hints[f.name]
+
+
+def _literal_fields():
+    """{dotted key: choices} of every Literal field (optional ones included)."""
+    found = {}
+    for key, _, tp in _sections():
+        for t in (tp, *typing.get_args(tp)):
+            if typing.get_origin(t) is typing.Literal:
+                found[key] = typing.get_args(t)
+    return found
+
+
+def test_literal_fields():
+    assert _literal_fields() == {
+        "model.objective": ("mdm", "arm"),
+        "model.transformer_impl": ("local", "transformer_engine"),
+        "model.attention_backend": ("sdpa", "unfused"),
+        "model.recompute": ("none", "full", "selective"),
+        "diffusion.t_sampling": ("uniform", "stratified"),
+        "diffusion.loss": ("smdm", "mdlm"),
+        "parallel.zero_stage": (0, 1, 2, 3),
+        "train.precision": ("fp32", "bf16", "fp8"),
+        "train.fp8_recipe": ("delayed", "current"),
+        "train.fp8_grad_format": ("e5m2", "e4m3"),
+        "data.tokenizer.type": ("byte", "sentencepiece", "hf"),
+        "sft.format": ("auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot"),
+        "sft.normalize": ("sequence", "token"),
+        "sft.truncation": ("response", "prompt_left", "drop"),
+        "sft.pad_to": ("max", "longest"),
+    }
+    # checkpoint.resume also takes a path, so it stays a plain str.
+    assert typing.get_type_hints(config.CheckpointConfig)["resume"] is str
+
+
+def test_every_literal_field_exports_its_choices():
+    exported = {
+        name: getattr(config, name)
+        for name in config.__all__
+        if name.isupper() and isinstance(getattr(config, name), tuple)
+    }
+    for key, choices in _literal_fields().items():
+        assert choices in exported.values(), f"{key}: no exported tuple of {choices}"
+    assert config.OBJECTIVES == ("mdm", "arm")
+    assert config.ZERO_STAGES == (0, 1, 2, 3)
+
+
+def test_choice_tuples_are_the_consumers_tuples():
+    """The modules that consume a setting use the config's tuple, not a copy of it."""
+    from megatron_mdm.model import families
+    from megatron_mdm.scaling import results, sweep
+
+    assert results.OBJECTIVES is config.OBJECTIVES
+    assert sweep.OBJECTIVES is config.OBJECTIVES and families.OBJECTIVES is config.OBJECTIVES
+    pytest.importorskip("torch")
+    from megatron_mdm.data import sft, tokenizers
+    from megatron_mdm.diffusion import sft_loss
+
+    assert sft.SFT_FORMATS is config.SFT_FORMATS
+    assert sft.TRUNCATION_POLICIES is config.TRUNCATION_POLICIES
+    assert sft.PAD_TO is config.PAD_TO
+    assert sft_loss.SFT_NORMALIZE is config.SFT_NORMALIZE
+    assert tokenizers.TOKENIZER_TYPES is config.TOKENIZER_TYPES
+
+
+def test_unknown_choice_from_yaml_is_one_line(tmp_path):
+    path = write(tmp_path, "model:\n  objective: foo\n")
+    assert error(path) == f"{path}: model.objective: must be one of mdm, arm, got 'foo'"
+    path = write(tmp_path, "sft:\n  chat_template: {}\n  pad_to: shortest\n", "sft.yaml")
+    assert error(path) == f"{path}: sft.pad_to: must be one of max, longest, got 'shortest'"
+
+
+def test_unknown_choice_from_override_is_one_line(tmp_path):
+    path = write(tmp_path, "model:\n  objective: arm\n")
+    assert error(path, ["model.objective=foo"]) == (
+        f"{path} (override model.objective=foo): model.objective: must be one of mdm, arm, "
+        "got 'foo'"
+    )
+    assert error(path, ["train.fp8_recipe=lazy"]).endswith(
+        "train.fp8_recipe: must be one of delayed, current, got 'lazy'"
+    )
+    assert load_config(path, ["train.fp8_recipe=null"]).train.fp8_recipe is None
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.objective=3", "model.objective: expected str, got 3"),
+        ("train.fp8_recipe=[a]", "train.fp8_recipe: expected str or null, got ['a']"),
+        ("parallel.zero_stage=true", "parallel.zero_stage: expected int, got True"),
+        ("parallel.zero_stage='2'", "parallel.zero_stage: expected int, got '2'"),
+        ("parallel.zero_stage=2.0", "parallel.zero_stage: expected int, got 2.0"),
+        ("parallel.zero_stage=-1", "parallel.zero_stage: must be one of 0, 1, 2, 3, got -1"),
+    ],
+)
+def test_choice_of_the_wrong_type(override, expected):
+    assert error(None, [override]).endswith(expected)
+
+
+def test_choice_checked_in_a_config_built_in_code():
+    cfg = dataclasses.replace(ExperimentConfig(), source="code")
+    cfg.model.objective = "gpt"
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert str(info.value) == "code: model.objective: must be one of mdm, arm, got 'gpt'"
+    assert info.value.key == "model.objective" and info.value.source == "code"
+
+
+# -- each section validates itself --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "words"),
+    [
+        ("model:\n  init_std: .inf\n", "model.init_std", "must be finite"),
+        ("diffusion:\n  eps: -0.1\n", "diffusion.eps", "must be in [0, 1)"),
+        ("parallel:\n  tensor: 0\n", "parallel.tensor", "must be > 0"),
+        ("train:\n  adam_beta2: 1.0\n", "train.adam_beta2", "must be in [0, 1)"),
+        ("checkpoint:\n  resume: ''\n", "checkpoint.resume", "auto, none or a checkpoint"),
+        ("logging:\n  peak_tflops: -1\n", "logging.peak_tflops", "must be > 0"),
+        ("data:\n  num_workers: -2\n", "data.num_workers", "must be >= 0"),
+        ("data:\n  tokenizer:\n    type: hf\n", "data.tokenizer.model", "required"),
+        ("sft:\n  valid_fraction: 0.5\n  valid_data: v.jsonl\n", "sft.valid_fraction", "mutually"),
+        ("sft:\n  chat_template:\n    message_format: x\n", "sft.chat_template.message_format",
+         "{role}"),
+    ],
+)  # fmt: skip
+def test_each_section_validates_its_fields(tmp_path, yaml_text, key, words):
+    path = write(tmp_path, yaml_text)
+    message = error(path)
+    assert message.startswith(f"{path}: {key}: ") and words in message, message
+
+
+def test_sections_check_themselves_and_the_experiment_checks_across():
+    def fail(key, message):
+        raise ConfigError(message, key=key)
+
+    for section in (config.ModelConfig(), config.TrainConfig(), config.SFTConfig()):
+        section.validate(fail)  # defaults pass
+    with pytest.raises(ConfigError, match="model.num_layers"):
+        config.ModelConfig(num_layers=0).validate(fail)
+    # model.sequence_parallel needs parallel.tensor > 1: a rule across sections, not the model's.
+    config.ModelConfig(sequence_parallel=True, transformer_impl="transformer_engine").validate(fail)
+    cfg = ExperimentConfig()
+    cfg.model.sequence_parallel, cfg.model.transformer_impl = True, "transformer_engine"
+    with pytest.raises(ConfigError, match=r"^<defaults>: model.sequence_parallel: needs parallel"):
+        cfg.validate()
+
+
+def test_every_field_has_a_docstring():
+    """The string literal under each field (the attribute-docstring convention)."""
+    for cls in {type(f.default_factory()) for f in dataclasses.fields(ExperimentConfig)
+                if f.name != "source"} | {ExperimentConfig, config.TokenizerConfig,
+                                          config.ChatTemplateConfig}:  # fmt: skip
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign):
+                after = body[i + 1] if i + 1 < len(body) else None
+                documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                assert documented, f"{cls.__name__}.{node.target.id} has no docstring"
+
+
+# -- the error, the file, the package ------------------------------------------------------------
+
+
+def test_config_error_is_an_mdm_error():
+    from megatron_mdm.utils import MDMError
+
+    e = ConfigError("bad\n  value", source="x.yaml", key="model.objective")
+    assert isinstance(e, MDMError) and isinstance(e, ValueError)
+    assert str(e) == "x.yaml: model.objective: bad value"
+    assert (e.source, e.key, e.message) == ("x.yaml", "model.objective", "bad\n  value")
+    assert str(ConfigError("file not found", source="y.yaml")) == "y.yaml: file not found"
+
+
+def test_dump_yaml_leaves_only_the_file(tmp_path):
+    dump_yaml(ExperimentConfig(), str(tmp_path / "config.yaml"))
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_config_package_loads_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None; import megatron_mdm.config as c; "
+        "c.load_config(None); print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from megatron_mdm.config import PAD_TO, SFT_FORMATS, TRUNCATION_POLICIES
 from megatron_mdm.data.tokenizers import Tokenizer
 from megatron_mdm.diffusion.masking import response_mask
 
@@ -62,11 +63,10 @@ __all__ = [
     "load_sft_examples",
 ]
 
-TRUNCATION_POLICIES = ("response", "prompt_left", "drop")
-PAD_TO = ("max", "longest")
-# auto: by file and record (.txt -> gsm8k_icot; a jsonl record with "messages" -> chat, with
-# "question" -> gsm8k, otherwise prompt_response). A named format makes every line match it.
-SFT_FORMATS = ("auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot")
+# TRUNCATION_POLICIES, PAD_TO and SFT_FORMATS are the choices of sft.truncation, sft.pad_to and
+# sft.format (megatron_mdm.config). Format auto: by file and record (.txt -> gsm8k_icot; a jsonl
+# record with "messages" -> chat, with "question" -> gsm8k, otherwise prompt_response). A named
+# format makes every line match it.
 _CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 _ROLES = ("system", "user", "assistant")
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from megatron_mdm.config import ConfigError
+from megatron_mdm.config import TOKENIZER_TYPES, ConfigError
 from megatron_mdm.data.byte_tokenizer import ByteTokenizer
 
 __all__ = [
@@ -37,8 +37,7 @@ __all__ = [
     "build_tokenizer",
 ]
 
-TOKENIZER_TYPES = ("byte", "sentencepiece", "hf")
-
+# TOKENIZER_TYPES (imported above) are the choices of data.tokenizer.type.
 _TYPE_KEY = "data.tokenizer.type"
 _MODEL_KEY = "data.tokenizer.model"
 

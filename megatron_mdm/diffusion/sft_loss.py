@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SFT_NORMALIZE", "sft_loss"]
+from megatron_mdm.config import SFT_NORMALIZE  # the choices of sft.normalize
 
-SFT_NORMALIZE = ("sequence", "token")
+__all__ = ["SFT_NORMALIZE", "sft_loss"]
 
 
 def sft_loss(

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_mdm.config import ModelConfig
+from megatron_mdm.config import OBJECTIVES, ModelConfig
 from megatron_mdm.model.accounting import non_embedding_params
 
 __all__ = [
@@ -171,7 +171,7 @@ def experiment_dict(
     Warmup is 1% of the steps (DESIGN §10); SMDM's script also floors it at 100 steps, which
     would be most of a short run, so that floor is left out.
     """
-    if objective not in ("mdm", "arm"):
+    if objective not in OBJECTIVES:
         raise ValueError(f"objective must be mdm or arm, got {objective!r}")
     m = member(name)
     steps = _max_steps(m, budget_flops)

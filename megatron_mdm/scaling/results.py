@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_mdm.config import OBJECTIVES
 from megatron_mdm.scaling.errors import ScalingLawError
 from megatron_mdm.scaling.sweep import Manifest, PlannedRun
 
@@ -31,7 +32,6 @@ __all__ = [
 ]
 
 HEADER = ("objective", "params", "tokens", "flops", "loss")
-OBJECTIVES = ("mdm", "arm")
 
 
 @dataclass(frozen=True)

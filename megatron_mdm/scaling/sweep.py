@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from megatron_mdm.config import (
+    OBJECTIVES,
     ConfigError,
     ExperimentConfig,
     dump_yaml,
@@ -119,7 +120,7 @@ def parse_size(spec: str) -> ModelSize:
 class SweepSpec:
     budgets: list[float]
     out_dir: str
-    objectives: list[str] = field(default_factory=lambda: ["mdm", "arm"])
+    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))
     sizes: list[str] = field(default_factory=lambda: list(TINY_FAMILY))
     seq_length: int | None = None  # None: the base config's (SMDM members: 2048)
     global_batch_size: int | None = None  # None: the base config's (SMDM members: 256)
@@ -137,7 +138,7 @@ class SweepSpec:
             raise ScalingLawError(f"budgets must be positive numbers, got {self.budgets}")
         if len(set(self.budgets)) != len(self.budgets):
             raise ScalingLawError(f"budgets must differ, got {self.budgets}")
-        bad = [o for o in self.objectives if o not in ("mdm", "arm")]
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
         if bad or not self.objectives:
             raise ScalingLawError(f"objectives must be mdm and/or arm, got {self.objectives}")
         if not self.sizes:

@@ -1,0 +1,74 @@
+"""The values of every config setting with a fixed set of them: a ``Literal`` type per setting
+(the annotation of its field in ``schema.py``, which the YAML reader checks) and the same values
+as a tuple, for the modules that consume the setting (argparse ``choices``, their own checks):
+each choice list is written once, here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "DIFFUSION_LOSSES",
+    "FP8_GRAD_FORMATS",
+    "FP8_RECIPES",
+    "OBJECTIVES",
+    "PAD_TO",
+    "PRECISIONS",
+    "RECOMPUTE_MODES",
+    "SFT_FORMATS",
+    "SFT_NORMALIZE",
+    "TOKENIZER_TYPES",
+    "TRANSFORMER_IMPLS",
+    "TRUNCATION_POLICIES",
+    "T_SAMPLINGS",
+    "ZERO_STAGES",
+    "AttentionBackend",
+    "DiffusionLoss",
+    "FP8GradFormat",
+    "FP8Recipe",
+    "Objective",
+    "PadTo",
+    "Precision",
+    "Recompute",
+    "SFTFormat",
+    "SFTNormalize",
+    "TSampling",
+    "TokenizerType",
+    "TransformerImpl",
+    "TruncationPolicy",
+    "ZeroStage",
+]
+
+Objective = Literal["mdm", "arm"]
+TransformerImpl = Literal["local", "transformer_engine"]
+AttentionBackend = Literal["sdpa", "unfused"]
+Recompute = Literal["none", "full", "selective"]
+TSampling = Literal["uniform", "stratified"]
+DiffusionLoss = Literal["smdm", "mdlm"]
+ZeroStage = Literal[0, 1, 2, 3]
+Precision = Literal["fp32", "bf16", "fp8"]
+FP8Recipe = Literal["delayed", "current"]
+FP8GradFormat = Literal["e5m2", "e4m3"]
+TokenizerType = Literal["byte", "sentencepiece", "hf"]
+SFTFormat = Literal["auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot"]
+SFTNormalize = Literal["sequence", "token"]
+TruncationPolicy = Literal["response", "prompt_left", "drop"]
+PadTo = Literal["max", "longest"]
+
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
+TRANSFORMER_IMPLS: tuple[TransformerImpl, ...] = get_args(TransformerImpl)
+ATTENTION_BACKENDS: tuple[AttentionBackend, ...] = get_args(AttentionBackend)
+RECOMPUTE_MODES: tuple[Recompute, ...] = get_args(Recompute)
+T_SAMPLINGS: tuple[TSampling, ...] = get_args(TSampling)
+DIFFUSION_LOSSES: tuple[DiffusionLoss, ...] = get_args(DiffusionLoss)
+ZERO_STAGES: tuple[ZeroStage, ...] = get_args(ZeroStage)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+FP8_RECIPES: tuple[FP8Recipe, ...] = get_args(FP8Recipe)
+FP8_GRAD_FORMATS: tuple[FP8GradFormat, ...] = get_args(FP8GradFormat)
+TOKENIZER_TYPES: tuple[TokenizerType, ...] = get_args(TokenizerType)
+SFT_FORMATS: tuple[SFTFormat, ...] = get_args(SFTFormat)
+SFT_NORMALIZE: tuple[SFTNormalize, ...] = get_args(SFTNormalize)
+TRUNCATION_POLICIES: tuple[TruncationPolicy, ...] = get_args(TruncationPolicy)
+PAD_TO: tuple[PadTo, ...] = get_args(PadTo)

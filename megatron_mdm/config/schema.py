@@ -1,0 +1,578 @@
+"""The experiment schema: one dataclass per YAML section, each field documented by the string
+below it, and each section's checks of its own fields.
+
+Every string setting with a fixed set of values is a ``Literal`` (``choices.py``, which also
+exports the values as tuples for the modules that consume the setting): the YAML reader rejects
+any other value (``coerce.py``). Each section's ``validate(fail)`` checks only its own fields;
+:meth:`ExperimentConfig.validate` runs them in section order, then the rules that tie sections
+together (``rules.py``: parallel layout vs model shape, FP8 GEMM shapes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from megatron_mdm.config.checks import (
+    ConfigError,
+    Fail,
+    finite,
+    non_negative,
+    positive,
+    short,
+    within,
+)
+from megatron_mdm.config.choices import (
+    AttentionBackend,
+    DiffusionLoss,
+    FP8GradFormat,
+    FP8Recipe,
+    Objective,
+    PadTo,
+    Precision,
+    Recompute,
+    SFTFormat,
+    SFTNormalize,
+    TokenizerType,
+    TransformerImpl,
+    TruncationPolicy,
+    TSampling,
+    ZeroStage,
+)
+from megatron_mdm.config.coerce import check_types
+from megatron_mdm.config.rules import check_fp8, check_layout
+
+__all__ = [
+    "ChatTemplateConfig",
+    "CheckpointConfig",
+    "DataConfig",
+    "DiffusionConfig",
+    "ExperimentConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "ParallelConfig",
+    "SFTConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "validate",
+]
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizerConfig:
+    """``data.tokenizer``: which tokenizer turns text into ids (``data/tokenizers.py``)."""
+
+    type: TokenizerType = "byte"
+    """byte: 256 byte ids, needs no file (quickstart, tests); sentencepiece: a ``.model`` file;
+    hf: a Hugging Face tokenizer folder or ``tokenizer.json``, read from local files only."""
+    model: str | None = None
+    """Local path of the tokenizer (sentencepiece: the .model file; hf: its folder or
+    tokenizer.json); required for sentencepiece and hf, unused for byte."""
+
+    def validate(self, fail: Fail) -> None:
+        """A model file for the tokenizers that need one."""
+        if self.type in ("sentencepiece", "hf") and not self.model:
+            fail("data.tokenizer.model", f"required for tokenizer type {self.type}")
+
+
+@dataclass
+class DataConfig:
+    """``data``: the pretraining corpus and how it is split and read."""
+
+    text_file: str | None = None
+    """A text file with one document per line, tokenized at start-up; None (and no blend): the
+    built-in synthetic corpus, so a smoke run needs no data."""
+    blend: list | None = None
+    """Preprocessed Megatron datasets, ``[w1, prefix1, w2, prefix2, ...]``: each prefix names a
+    ``.bin``/``.idx`` pair, sampled in proportion to its weight. Excludes ``text_file``."""
+    split: str = "969,30,1"
+    """Train, valid, test weights (Megatron style): the share of documents in each split."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """The tokenizer of the corpus; it also sets the vocabulary when model.vocab_size is null."""
+    num_workers: int = 0
+    """Data-loader worker processes per rank; 0 reads in the training process."""
+
+    def validate(self, fail: Fail) -> None:
+        """Worker count, split weights, blend entries, the text_file / blend exclusion."""
+        non_negative(fail, "data.num_workers", self.num_workers)
+        _check_split(fail, self.split)
+        if self.blend is not None:
+            _check_blend(fail, self.blend)
+            if self.text_file is not None:
+                fail("data.blend", "data.blend and data.text_file are mutually exclusive")
+        self.tokenizer.validate(fail)
+
+
+def _check_split(fail: Fail, split: str) -> None:
+    parts = [s.strip() for s in split.split(",")]
+    if len(parts) != 3 or not all(s.isdigit() for s in parts):
+        fail("data.split", f"expected three comma separated non-negative ints, got {split!r}")
+    if sum(int(s) for s in parts) == 0:
+        fail("data.split", f"weights sum to 0 in {split!r}")
+
+
+def _check_blend(fail: Fail, blend: list) -> None:
+    if not blend or len(blend) % 2:
+        fail("data.blend", f"expected [weight, prefix, weight, prefix, ...], got {short(blend)}")
+    for i in range(0, len(blend), 2):
+        weight, prefix = blend[i], blend[i + 1]
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            fail("data.blend", f"item {i} should be a numeric weight, got {short(weight)}")
+        if not (math.isfinite(weight) and weight >= 0):
+            fail("data.blend", f"item {i}: weight must be >= 0, got {weight}")
+        if not isinstance(prefix, str) or not prefix:
+            fail("data.blend", f"item {i + 1} should be a dataset prefix, got {short(prefix)}")
+    if sum(blend[0::2]) <= 0:
+        fail("data.blend", "weights sum to 0")
+
+
+@dataclass
+class ModelConfig:
+    """``model``: the transformer's shape and how it is computed."""
+
+    num_layers: int = 4
+    """Transformer blocks; parallel.pipeline must divide it."""
+    hidden_size: int = 256
+    """Width of the residual stream; a multiple of num_attention_heads (head dim = ratio)."""
+    num_attention_heads: int = 4
+    """Query heads per layer."""
+    num_query_groups: int | None = None
+    """KV heads (grouped-query attention); None: one KV head per query head (plain MHA)."""
+    ffn_hidden_size: int | None = None
+    """Inner width of the SwiGLU MLP; None: 4 * hidden_size."""
+    seq_length: int = 128
+    """Tokens per training sequence (and the rotary table length)."""
+    objective: Objective = "mdm"
+    """mdm: bidirectional masked diffusion (the point of this project); arm: the causal
+    next-token baseline trained by the same stack, for like-for-like comparisons."""
+    transformer_impl: TransformerImpl = "local"
+    """local: megatron-core's plain torch layers (run anywhere, FP8 through kernels/);
+    transformer_engine: NVIDIA TE layers (GPU, needed for sequence parallelism)."""
+    rotary_base: int = 10000
+    """RoPE base frequency (theta)."""
+    vocab_size: int | None = None
+    """Ids the tokenizer emits; None: taken from the tokenizer at run time."""
+    mask_token_id: int | None = None
+    """Id of [MASK]; None: vocab_size (one id past the tokenizer's)."""
+    make_vocab_size_divisible_by: int = 128
+    """The embedding and output rows are padded to a multiple of this (and of parallel.tensor)
+    for even GEMM shapes; the padding rows are never real tokens."""
+    norm_epsilon: float = 1e-5
+    """Epsilon of the RMSNorm layers."""
+    init_std: float = 0.02
+    """Standard deviation of the normal weight initialisation."""
+    attention_backend: AttentionBackend = "sdpa"
+    """Core attention of the local layers: sdpa (torch scaled_dot_product_attention: flash or
+    efficient kernels on GPU) or unfused (megatron's DotProductAttention). TE uses its own."""
+    recompute: Recompute = "none"
+    """Activation checkpointing, trading compute for memory: none, full (whole layers) or
+    selective (core attention only)."""
+    sequence_parallel: bool = False
+    """Split norm and dropout activations along the sequence over the tensor-parallel group;
+    needs parallel.tensor > 1 and Transformer Engine."""
+
+    @property
+    def kv_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    def validate(self, fail: Fail) -> None:
+        """Positive sizes, finite floats, heads vs width and query groups."""
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "num_query_groups",
+            "ffn_hidden_size",
+            "seq_length",
+            "rotary_base",
+            "vocab_size",
+            "make_vocab_size_divisible_by",
+            "norm_epsilon",
+            "init_std",
+        ):
+            positive(fail, f"model.{name}", getattr(self, name))
+        finite(fail, "model.norm_epsilon", self.norm_epsilon)
+        finite(fail, "model.init_std", self.init_std)
+        non_negative(fail, "model.mask_token_id", self.mask_token_id)
+        if self.sequence_parallel and self.transformer_impl != "transformer_engine":
+            fail(
+                "model.sequence_parallel",
+                "needs model.transformer_impl=transformer_engine (megatron-core's local norms "
+                "do not support sequence parallelism)",
+            )
+        if self.hidden_size % self.num_attention_heads:
+            fail(
+                "model.hidden_size",
+                f"{self.hidden_size} is not divisible by model.num_attention_heads "
+                f"= {self.num_attention_heads}",
+            )
+        if self.num_attention_heads % self.kv_groups:
+            fail(
+                "model.num_query_groups",
+                f"model.num_attention_heads = {self.num_attention_heads} is not divisible by "
+                f"{self.kv_groups} query groups",
+            )
+
+
+@dataclass
+class DiffusionConfig:
+    """``diffusion``: how masks are drawn and how the masked-token loss is weighted."""
+
+    eps: float = 1e-3
+    """Floor of the masking probability p = (1 - eps) * t + eps, which keeps the 1/p loss
+    weight finite."""
+    var_len_prob: float = 0.01
+    """Fraction of batches cropped to a random shorter length, so the model also sees short
+    sequences (SMDM's recipe); 0 trains at model.seq_length only."""
+    t_sampling: TSampling = "uniform"
+    """How t is drawn per sequence: uniform (independent draws) or stratified (one draw spread
+    evenly over the global batch: a lower-variance loss estimate)."""
+    loss: DiffusionLoss = "smdm"
+    """Weight of each masked token's CE (both average over all tokens): smdm: 1 / p (SMDM,
+    LLaDA); mdlm: MDLM's log-linear schedule weight 1 / t, with t recovered from p."""
+
+    def validate(self, fail: Fail) -> None:
+        """eps and var_len_prob are probabilities."""
+        finite(fail, "diffusion.eps", self.eps)
+        within(fail, "diffusion.eps", self.eps)
+        within(fail, "diffusion.var_len_prob", self.var_len_prob, closed=True)
+
+
+@dataclass
+class ParallelConfig:
+    """``parallel``: how the model and its optimizer are split over the ranks (data parallelism
+    takes the ranks left over: world size / (tensor * pipeline))."""
+
+    tensor: int = 1
+    """Tensor-parallel ranks per layer; must divide heads, query groups and the FFN size."""
+    pipeline: int = 1
+    """Pipeline stages; must divide model.num_layers."""
+    zero_stage: ZeroStage = 0
+    """DeepSpeed ZeRO stage: 0 off, 1 optimizer states, 2 + gradients, 3 + parameters sharded
+    over data-parallel ranks. 2 and 3 cannot be used with pipeline > 1."""
+    offload_optimizer: bool = False
+    """Keep the Adam states in CPU memory (ZeRO-Offload); needs zero_stage >= 1."""
+
+    def validate(self, fail: Fail) -> None:
+        """Positive sizes, and the ZeRO stage against pipelining and offload."""
+        positive(fail, "parallel.tensor", self.tensor)
+        positive(fail, "parallel.pipeline", self.pipeline)
+        if self.zero_stage in (2, 3) and self.pipeline > 1:
+            fail(
+                "parallel.zero_stage",
+                "ZeRO-2/3 cannot be combined with pipeline parallelism (a DeepSpeed "
+                "limitation); use parallel.zero_stage 0 or 1",
+            )
+        if self.offload_optimizer and self.zero_stage < 1:
+            fail("parallel.offload_optimizer", "requires parallel.zero_stage >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """``train``: the optimisation run: batch sizes, schedule, optimizer, precision, outputs."""
+
+    seed: int = 1234
+    """Seeds every keyed random draw (init, masks, data order): same seed, same run."""
+    micro_batch_size: int = 8
+    """Sequences per forward pass on one data-parallel rank."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step over all ranks; the rest is gradient accumulation."""
+    max_steps: int = 100
+    """Optimizer steps of the run."""
+    lr: float = 2e-4
+    """Peak learning rate, reached after warmup_steps."""
+    min_lr: float = 2e-5
+    """Learning rate at the end of the cosine decay (and after it)."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to lr."""
+    lr_decay_steps: int | None = None
+    """Step at which the cosine decay reaches min_lr; None: decay over the whole run."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay; not applied to 1-D parameters (norms)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0: no clipping."""
+    adam_beta1: float = 0.9
+    """AdamW first-moment decay."""
+    adam_beta2: float = 0.95
+    """AdamW second-moment decay."""
+    adam_eps: float = 1e-8
+    """AdamW denominator epsilon."""
+    precision: Precision = "fp32"
+    """Compute precision: fp32; bf16 (fp32 master weights); fp8 (bf16 plus FP8 GEMMs, through
+    Transformer Engine or the local kernels/ layers)."""
+    output_dir: str = "runs/default"
+    """Where checkpoints, metrics.jsonl, TensorBoard events and the resolved config go."""
+    eval_interval: int = 0
+    """Steps between validation-loss evaluations; 0: no periodic evaluation."""
+    eval_iters: int = 0
+    """Validation batches per evaluation; >= 1 when eval_interval > 0."""
+    init_from: str | None = None
+    """Start from these weights only (fresh optimizer, step 0): a training checkpoint or an
+    exported hf/llada/smdm folder, at any TP/PP. For fine-tuning and continued pretraining."""
+    fp8_recipe: FP8Recipe | None = None
+    """precision=fp8 scaling: delayed (amax history, TE only) or current (per-tensor amax of
+    this step); None: delayed with Transformer Engine, current with the local FP8 layers."""
+    fp8_grad_format: FP8GradFormat = "e5m2"
+    """precision=fp8 format of output gradients: e5m2 (more range) or e4m3 (more precision)."""
+
+    @property
+    def decay_steps(self) -> int:
+        return self.max_steps if self.lr_decay_steps is None else self.lr_decay_steps
+
+    def validate(self, fail: Fail) -> None:
+        """Ranges of every number, then the schedule and batch arithmetic."""
+        non_negative(fail, "train.seed", self.seed)
+        positive(fail, "train.micro_batch_size", self.micro_batch_size)
+        positive(fail, "train.global_batch_size", self.global_batch_size)
+        positive(fail, "train.max_steps", self.max_steps)
+        positive(fail, "train.lr_decay_steps", self.lr_decay_steps)
+        non_negative(fail, "train.warmup_steps", self.warmup_steps)
+        non_negative(fail, "train.eval_interval", self.eval_interval)
+        non_negative(fail, "train.eval_iters", self.eval_iters)
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "adam_eps"):
+            finite(fail, f"train.{name}", getattr(self, name))
+        positive(fail, "train.lr", self.lr)
+        non_negative(fail, "train.min_lr", self.min_lr)
+        non_negative(fail, "train.weight_decay", self.weight_decay)
+        non_negative(fail, "train.grad_clip", self.grad_clip)
+        positive(fail, "train.adam_eps", self.adam_eps)
+        within(fail, "train.adam_beta1", self.adam_beta1)
+        within(fail, "train.adam_beta2", self.adam_beta2)
+        self._check_schedule(fail)
+        if not self.output_dir:
+            fail("train.output_dir", "must not be empty")
+
+    def _check_schedule(self, fail: Fail) -> None:
+        if self.global_batch_size % self.micro_batch_size:
+            fail(
+                "train.global_batch_size",
+                f"{self.global_batch_size} is not divisible by train.micro_batch_size "
+                f"= {self.micro_batch_size}",
+            )
+        if self.min_lr > self.lr:
+            fail("train.min_lr", f"{self.min_lr} is larger than train.lr = {self.lr}")
+        if self.warmup_steps > self.max_steps:
+            fail(
+                "train.warmup_steps",
+                f"{self.warmup_steps} is larger than train.max_steps = {self.max_steps}",
+            )
+        if self.warmup_steps > self.decay_steps:
+            fail(
+                "train.warmup_steps",
+                f"{self.warmup_steps} is larger than train.lr_decay_steps = {self.decay_steps}",
+            )
+        if self.eval_interval > 0 and self.eval_iters < 1:
+            fail("train.eval_iters", "must be >= 1 when train.eval_interval > 0")
+
+
+@dataclass
+class CheckpointConfig:
+    """``checkpoint``: when training state is saved and where a run resumes from."""
+
+    save_interval: int = 0
+    """Steps between checkpoints during the run; 0: none (the last one is save_at_end's)."""
+    keep_last: int = 2
+    """Checkpoints kept in train.output_dir; older ones are deleted after a save."""
+    resume: str = "auto"
+    """auto: the latest checkpoint in train.output_dir if there is one; none: start fresh;
+    otherwise the path of a checkpoint to resume (so a plain str, not a Literal)."""
+    save_at_end: bool = True
+    """Save a checkpoint when the run reaches train.max_steps."""
+
+    def validate(self, fail: Fail) -> None:
+        """Interval and retention counts, a non-empty resume."""
+        non_negative(fail, "checkpoint.save_interval", self.save_interval)
+        if self.keep_last < 1:
+            fail("checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+        if not self.resume:
+            fail("checkpoint.resume", "must be auto, none or a checkpoint path")
+
+
+@dataclass
+class LoggingConfig:
+    """``logging``: what a run reports while it trains."""
+
+    interval: int = 10
+    """Steps between log lines and metrics.jsonl records (the last step is always logged)."""
+    tensorboard: bool = True
+    """Also write TensorBoard events under train.output_dir."""
+    progress: bool = True
+    """Show a progress bar on the logging rank."""
+    peak_tflops: float | None = None
+    """Per-GPU peak TFLOP/s, the denominator of MFU; None: MFU is not reported."""
+
+    def validate(self, fail: Fail) -> None:
+        """A positive log interval and peak."""
+        if self.interval < 1:
+            fail("logging.interval", f"must be >= 1, got {self.interval}")
+        finite(fail, "logging.peak_tflops", self.peak_tflops)
+        positive(fail, "logging.peak_tflops", self.peak_tflops)
+
+
+@dataclass
+class ChatTemplateConfig:
+    """``sft.chat_template``: how chat messages before the answer become the prompt
+    (data/sft.py ChatTemplate)."""
+
+    message_format: str = "<|{role}|>\n{content}\n"
+    """Format of one message; must contain {role} and {content}."""
+    generation_prefix: str = "<|assistant|>\n"
+    """Appended after the last prompt message: the cue that the answer starts."""
+    use_tokenizer_template: bool = False
+    """Use the HF tokenizer's own apply_chat_template instead of the two formats above."""
+
+    def validate(self, fail: Fail) -> None:
+        """The message format has both placeholders."""
+        fmt = self.message_format
+        if "{role}" not in fmt or "{content}" not in fmt:
+            fail(
+                "sft.chat_template.message_format",
+                f"must contain {{role}} and {{content}}: {fmt!r}",
+            )
+
+
+@dataclass
+class SFTConfig:
+    """``sft``: supervised fine-tuning by ``mdm sft`` (DESIGN.md §4); ``mdm train`` ignores it."""
+
+    data: list | str | None = None
+    """Training file, or a list of files (required by ``mdm sft``)."""
+    format: SFTFormat = "auto"
+    """Record format; auto: by file and record (.txt: gsm8k_icot; a jsonl record with
+    "messages": chat, with "question": gsm8k, otherwise prompt_response)."""
+    gsm8k_split_cot: bool = False
+    """SMDM: two samples per GSM8K problem, question -> CoT and question + CoT -> "#### N"."""
+    normalize: SFTNormalize = "sequence"
+    """Loss normalisation: sequence (LLaDA: every example weighs the same) or token (SMDM:
+    every response token weighs the same)."""
+    truncation: TruncationPolicy = "response"
+    """An example longer than model.seq_length: cut the response end, cut the prompt from the
+    left (prompt_left), or drop the example; every case is counted and reported."""
+    pad_to: PadTo = "max"
+    """Pad each micro-batch to model.seq_length (max: fixed shapes) or to its longest example
+    (longest: less compute on short data)."""
+    epochs: float | None = None
+    """Set: the run is ceil(epochs * training examples / train.global_batch_size) steps,
+    replacing train.max_steps (known once the data is read); None: train.max_steps."""
+    limit: int | None = None
+    """Read only the first N lines of sft.data (quick runs); None: all."""
+    shuffle: bool = True
+    """A fresh example order each epoch, keyed by (seed, epoch)."""
+    valid_data: list | str | None = None
+    """Validation file(s) for the response loss every train.eval_interval steps
+    (train.eval_iters batches). Excludes valid_fraction."""
+    valid_fraction: float = 0.0
+    """Instead of valid_data: this fraction of the training examples is held out (keyed by
+    seed)."""
+    chat_template: ChatTemplateConfig = field(default_factory=ChatTemplateConfig)
+    """How chat records are rendered into a prompt."""
+
+    @property
+    def data_files(self) -> list[str]:
+        return _as_list(self.data)
+
+    @property
+    def valid_files(self) -> list[str]:
+        return _as_list(self.valid_data)
+
+    def validate(self, fail: Fail) -> None:
+        """File lists, run length, held-out fraction, and the chat template."""
+        for key, files in (("sft.data", self.data), ("sft.valid_data", self.valid_data)):
+            if isinstance(files, list) and not files:
+                fail(key, "must name at least one file (or be null)")
+            for item in _as_list(files):
+                if not isinstance(item, str) or not item:
+                    fail(key, f"expected file paths, got {short(item)}")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            fail("sft.epochs", f"must be > 0 (or null for train.max_steps), got {self.epochs}")
+        if self.limit is not None and self.limit < 1:
+            fail("sft.limit", f"must be >= 1 (or null for every line), got {self.limit}")
+        within(fail, "sft.valid_fraction", self.valid_fraction)
+        if self.valid_fraction > 0 and self.valid_data is not None:
+            fail(
+                "sft.valid_fraction", "sft.valid_fraction and sft.valid_data are mutually exclusive"
+            )
+        self.chat_template.validate(fail)
+
+
+def _as_list(value: list | str | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment: sections plus the rules that tie them together
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExperimentConfig:
+    """One run: every section of the YAML file, each with its defaults."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network: shape, objective, implementation."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """Masking and loss weighting of the mdm objective (unused by arm)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Tensor / pipeline / ZeRO layout; data parallelism takes the remaining ranks."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Batch sizes, schedule, optimizer, precision and the output folder."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Saving and resuming."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Log lines, TensorBoard, progress bar, MFU."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The pretraining corpus and its tokenizer."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning (``mdm sft`` only)."""
+    source: str = field(default="<defaults>", compare=False, metadata={"key": False})
+    """Where the config came from, for error messages only: not a YAML key, and two configs
+    with the same settings are equal whichever file they were read from."""
+
+    def gradient_accumulation_steps(self, dp: int) -> int:
+        """Micro-batches per optimizer step on each data-parallel rank."""
+        per_step = self.train.micro_batch_size * dp
+        if dp < 1 or self.train.global_batch_size % per_step:
+            raise ConfigError(
+                f"{self.train.global_batch_size} is not divisible by train.micro_batch_size "
+                f"* data-parallel size = {self.train.micro_batch_size} * {dp}",
+                source=self.source,
+                key="train.global_batch_size",
+            )
+        return self.train.global_batch_size // per_step
+
+    def _fail(self, key: str, message: str) -> NoReturn:
+        """Raise the ConfigError for ``key`` of this config (the ``fail`` of every check)."""
+        raise ConfigError(message, source=self.source, key=key)
+
+    def validate(self) -> None:
+        """Check types, then each section on its own, then the rules across sections; raise
+        the first problem as a one-line ConfigError naming the source and the key."""
+        check_types(self, "", self.source)
+        for section in (
+            self.model,
+            self.diffusion,
+            self.parallel,
+            self.train,
+            self.checkpoint,
+            self.logging,
+            self.data,
+            self.sft,
+        ):
+            section.validate(self._fail)
+        check_layout(self, self._fail)
+        if self.train.precision == "fp8":
+            check_fp8(self, self._fail)
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check types and constraints of ``cfg`` (see :meth:`ExperimentConfig.validate`)."""
+    cfg.validate()
