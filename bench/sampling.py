@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from megatron_mdm.utils import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,43 +94,29 @@ def prompt_ids(tokenizer, args) -> list[list[int]]:
 
 
 def sampler_table(mdm, arm, args) -> dict:
-    """name -> fn(prompt [1, P], stats) -> ids [1, P + gen_length]."""
-    from megatron_mdm.diffusion.arm_sampling import arm_sample, arm_sample_kv
-    from megatron_mdm.diffusion.fast_sampling import fast_sample
-    from megatron_mdm.diffusion.sampling import llada_sample, mdlm_sample
+    """name -> fn(prompt [1, P], stats) -> ids [1, P + gen_length], each through
+    `inference.generate` with its `SamplingConfig`."""
+    from megatron_mdm.inference.generate import generate
+    from megatron_mdm.inference.sampling_config import SamplingConfig
 
-    n, block = args.gen_length, args.block_length
-    cached = mdm.cached_model
-
-    def fast(cache, threshold):
-        def run(p, stats):
-            return fast_sample(
-                mdm.model_fn, p, mdm.mask_id, n, n, block, threshold=threshold, cache=cache,
-                cached_model=cached, stats=stats,
-            )  # fmt: skip
-
-        return run
-
-    table = {
-        "llada": lambda p, stats: llada_sample(mdm.model_fn, p, mdm.mask_id, n, n, block),
-        "mdlm (cache)": lambda p, stats: mdlm_sample(
-            mdm.model_fn, p, mdm.mask_id, n, n, generator=torch.Generator(), stats=stats
-        ),
-    }
+    n = args.gen_length
+    base = SamplingConfig(gen_length=n, steps=n, block_length=args.block_length)
+    configs = {"llada": (mdm, base.replace(sampler="llada"))}
+    configs["mdlm (cache)"] = (mdm, base.replace(sampler="mdlm"))
     for cache in ("none", "prefix", "dual"):
         for threshold in (None, *args.threshold):
             if cache == "none" and threshold is None:
                 continue  # that is llada
             name = f"fast {cache}" + (f" t={threshold}" if threshold is not None else "")
-            table[name] = fast(cache, threshold)
-    table["arm (no cache)"] = lambda p, stats: arm_sample(arm.model_fn, p, n, stats=stats)
-    table["arm + KV cache"] = lambda p, stats: arm_sample_kv(arm.cached_model, p, n, stats=stats)
-    return table
+            configs[name] = (mdm, base.replace(sampler="fast", cache=cache, threshold=threshold))
+    arm_base = base.replace(sampler="arm", stop_at_eos=False)
+    configs["arm (no cache)"] = (arm, arm_base.replace(cache="none"))
+    configs["arm + KV cache"] = (arm, arm_base)
 
+    def runner(model, config):
+        return lambda p, stats: generate(model, p, config, stats)
 
-def model_calls(name: str, stats: dict, n: int) -> int:
-    """llada takes no stats: one forward pass per step, and steps = gen_length."""
-    return n if name == "llada" else stats["model_calls"]
+    return {name: runner(model, config) for name, (model, config) in configs.items()}
 
 
 def run(args) -> dict:
@@ -157,7 +144,7 @@ def run(args) -> dict:
                 out = sample(torch.tensor([ids]), stats)
                 seconds[name][i] = min(seconds[name][i], time.perf_counter() - start)
                 answers[name][i] = out[0, len(ids) :].tolist()
-                calls[name][i] = model_calls(name, stats, n)
+                calls[name][i] = stats["model_calls"]
                 positions[name][i] = stats.get("positions", 0)
     results = {}
     for name in table:
@@ -232,9 +219,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     print(markdown(report))
     if args.out:
-        tmp = f"{args.out}.tmp{os.getpid()}"
-        Path(tmp).write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.out)
+        atomic_write_json(args.out, report)
 
 
 if __name__ == "__main__":

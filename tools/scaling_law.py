@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from megatron_mdm.config import ConfigError  # noqa: E402
 from megatron_mdm.scaling.errors import ScalingLawError  # noqa: E402
+from megatron_mdm.utils import atomic_write_text  # noqa: E402
 
 PROG = "scaling_law.py"
 
@@ -100,9 +101,7 @@ def cmd_run(args) -> int:
         )
         text = array_script(manifest, opts)
         script = Path(args.script or Path(manifest.path).with_name("isoflop_array.sbatch"))
-        tmp = script.with_name(script.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(script)
+        atomic_write_text(script, text)
         print(text, end="")
         print(f"# wrote {script}; submit: mkdir -p logs && sbatch {script}")
         return 0

@@ -32,6 +32,8 @@ sys.path.insert(0, str(HERE))
 import reversal_eval  # noqa: E402
 import run as reversal_run  # noqa: E402
 
+from megatron_mdm.utils import atomic_write_json  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="classifier-free guidance on reversal queries")
@@ -91,11 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[f"{d}_acc"] = [r["accuracy"][d] for r in rows]
         summary[f"{d}_nll"] = [round(r["likelihood"][d]["nll"], 4) for r in rows]
         summary[f"{d}_mc_acc"] = [r["likelihood"][d]["mc_acc"] for r in rows]
-    tmp = out / "cfg_results.json.tmp"
-    tmp.write_text(
-        json.dumps({"rows": rows, "summary": summary, "wall_s": time.time() - start}, indent=1)
-    )
-    tmp.replace(out / "cfg_results.json")
+    record = {"rows": rows, "summary": summary, "wall_s": time.time() - start}
+    atomic_write_json(out / "cfg_results.json", record, indent=1)
     print(f"[cfg] wall time {time.time() - start:.1f} s; results in {out / 'cfg_results.json'}")
     print(json.dumps(summary))
     return 0

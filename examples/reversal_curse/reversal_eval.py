@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_mdm.utils import atomic_write_json
+
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -198,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         for direction in ("forward", "reverse"):
             result["accuracy"][f"{direction} (multiple choice)"] = lik[direction]["mc_acc"]
     if args.out:
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(args.out)
+        atomic_write_json(args.out, result, indent=1)
     print(json.dumps(result["accuracy"]))
     return 0
 

@@ -24,11 +24,11 @@ This lives beside the example, not in `megatron_mdm`, because it is specific to 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from megatron_mdm.utils import atomic_write_text
 
 __all__ = [
     "SUBSETS",
@@ -150,10 +150,7 @@ class ReversalData:
 
 
 def _atomic_write(path: Path, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(content)
-    os.replace(tmp, path)
+    atomic_write_text(path, content)
 
 
 def _unique_draws(rng: random.Random, count: int, make, what: str) -> list[str]:

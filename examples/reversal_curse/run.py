@@ -36,6 +36,8 @@ sys.path.insert(0, str(HERE))
 
 from reversal_facts import build_dataset  # noqa: E402
 
+from megatron_mdm.utils import atomic_write_json  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -219,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "accuracy": {m: r["accuracy"] for m, r in results.items()},
     }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out / "results.json")
+    atomic_write_json(out / "results.json", record, indent=1)
     print(f"[reversal_curse] wall time {record['wall_s']} s; results in {out / 'results.json'}")
     print(json.dumps(summary))
     return 0

@@ -29,19 +29,25 @@ from megatron_mdm.config import from_dict, to_dict
 from megatron_mdm.convert import layouts
 from megatron_mdm.convert.hf_modeling import MODELING_FILES
 from megatron_mdm.data.tokenizers import build_tokenizer
+from megatron_mdm.inference.sampling_config import SamplingConfig, pick_sampler
 from megatron_mdm.model.vocab import VocabLayout
 from megatron_mdm.utils import MDMError
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-GENERATION_DEFAULTS = {
-    "sampler": "llada",
-    "gen_length": 128,
-    "steps": 128,
-    "block_length": 32,
-    "temperature": 0.0,
-    "remasking": "low_confidence",
-    "cfg": 0.0,
-}
+
+
+def generation_defaults(objective: str) -> dict:
+    """`generation_config.json`'s sampler settings: `SamplingConfig`'s defaults, resolved."""
+    c = SamplingConfig()
+    return {
+        "sampler": pick_sampler(c.sampler, objective),
+        "gen_length": c.gen_length,
+        "steps": c.steps,
+        "block_length": c.blocks,
+        "temperature": c.temperature,
+        "remasking": c.remasking,
+        "cfg": c.cfg,
+    }
 
 
 def export(args) -> dict:
@@ -72,7 +78,7 @@ def export(args) -> dict:
         folder_io.write_json(
             staging / "generation_config.json",
             {
-                **GENERATION_DEFAULTS,
+                **generation_defaults(cfg.model.objective),
                 "mask_token_id": vocab.mask_id,
                 "eos_token_id": meta["tokenizer"]["eos_id"],
                 "objective": cfg.model.objective,

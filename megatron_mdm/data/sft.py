@@ -42,6 +42,7 @@ import torch
 from megatron_mdm.config import PAD_TO, SFT_FORMATS, TRUNCATION_POLICIES
 from megatron_mdm.data.tokenizers import Tokenizer
 from megatron_mdm.diffusion.masking import response_mask
+from megatron_mdm.utils import MDMError
 
 __all__ = [
     "PAD_TO",
@@ -71,7 +72,7 @@ _CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 _ROLES = ("system", "user", "assistant")
 
 
-class SFTDataError(ValueError):
+class SFTDataError(MDMError):
     """Bad input, as one line: ``FILE:LINE: what is wrong`` (LINE is 1-based)."""
 
     def __init__(self, path: str | os.PathLike[str], line: int, problem: str) -> None:

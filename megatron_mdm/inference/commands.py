@@ -79,6 +79,7 @@ def add_sampling_arguments(
     )
     if seed:
         parser.add_argument("--seed", type=int, default=d.seed)
+    # stop_at_eos has no flag: commands always stop at EOS (benchmarks set it in code)
 
 
 def sampling_config_from_args(args: argparse.Namespace, **changes) -> SamplingConfig:

@@ -47,25 +47,10 @@ def generate(
     prompt_ids = prompt_ids.to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(c.seed)
     if sampler == "arm":
-        if c.cache == "none":
-            return arm_sample(
-                model.model_fn,
-                prompt_ids,
-                c.gen_length,
-                c.temperature,
-                model.eos_id,
-                generator,
-                stats,
-            )
-        return arm_sample_kv(
-            model.cached_model,
-            prompt_ids,
-            c.gen_length,
-            c.temperature,
-            model.eos_id,
-            generator,
-            stats,
-        )
+        eos = model.eos_id if c.stop_at_eos else None
+        arm = arm_sample if c.cache == "none" else arm_sample_kv
+        fn = model.model_fn if c.cache == "none" else model.cached_model
+        return arm(fn, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
     if sampler == "mdlm":
         return mdlm_sample(
             model.model_fn,

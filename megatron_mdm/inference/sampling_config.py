@@ -54,6 +54,9 @@ class SamplingConfig:
     fixed schedule only."""
     seed: int = 0
     """Seed of the sampling generator (Gumbel noise, random remasking, MDLM draws)."""
+    stop_at_eos: bool = True
+    """arm: stop once every row has produced EOS; False: exactly gen_length tokens (benchmarks
+    that compare samplers at equal length)."""
 
     @property
     def blocks(self) -> int:

@@ -4,13 +4,13 @@ here only, so fitting works where it is not installed."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from megatron_mdm.scaling.errors import ScalingLawError
 from megatron_mdm.scaling.fit import ScalingFit
+from megatron_mdm.utils import atomic_path
 
 __all__ = ["plot_fit"]
 
@@ -98,9 +98,6 @@ def plot_fit(fit: ScalingFit, path: str | Path, title: str | None = None) -> Non
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

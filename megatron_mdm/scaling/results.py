@@ -13,13 +13,13 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_mdm.config import OBJECTIVES
 from megatron_mdm.scaling.errors import ScalingLawError
 from megatron_mdm.scaling.sweep import Manifest, PlannedRun
+from megatron_mdm.utils import atomic_write_text
 
 __all__ = [
     "HEADER",
@@ -51,11 +51,7 @@ def write_results(rows: list[Result], path: str | Path) -> None:
         writer.writerow(
             [r.objective, int(r.params), int(r.tokens), f"{r.flops:.6g}", f"{r.loss:.6f}"]
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _number(text: str, column: str, where: str) -> float:

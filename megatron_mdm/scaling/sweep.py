@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from megatron_mdm.config import (
 from megatron_mdm.model.accounting import non_embedding_params
 from megatron_mdm.model.families import experiment_dict, member
 from megatron_mdm.scaling.errors import ScalingLawError
+from megatron_mdm.utils import atomic_write_text
 
 __all__ = [
     "TINY_FAMILY",
@@ -203,10 +203,7 @@ def load_manifest(path: str | Path) -> Manifest:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def budget_label(budget: float) -> str:
