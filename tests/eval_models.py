@@ -10,7 +10,7 @@ import fcntl
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import QUICKSTART, TINY_MODEL, run_cli, run_mdm
+from helpers import QUICKSTART, TINY_MODEL, run_cli, run_mdm
 
 SEQ_LENGTH = 32
 

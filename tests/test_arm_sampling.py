@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_hf_modeling import tiny_config, tiny_model
+from helpers import tiny_config, tiny_model
 
 from megatron_mdm.diffusion.arm_sampling import arm_sample, arm_sample_kv
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import QUICKSTART, run_cli
+from helpers import QUICKSTART, run_cli
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 from megatron_mdm.config import check_world_size, from_dict, load_config, to_dict
 from megatron_mdm.config_show import summarize, vocab_layout

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import QUICKSTART, ROOT, read_metrics, run_mdm
+from helpers import QUICKSTART, ROOT, read_metrics, run_mdm
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import run_mdm
 from eval_models import tiny_models
+from helpers import run_mdm
 
 from megatron_mdm.cli import main as mdm_main
 from megatron_mdm.data.byte_tokenizer import ByteTokenizer

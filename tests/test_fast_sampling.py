@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_config, tiny_model
 from reference_llada import reference_llada_sample
-from test_hf_modeling import tiny_config, tiny_model
 
 from megatron_mdm.diffusion.fast_sampling import BlockLogits, fast_sample
 from megatron_mdm.diffusion.sampling import FullLogits, llada_sample

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import QUICKSTART, SCRATCH_RUN, TINY_MODEL, read_metrics, run_mdm
+from helpers import QUICKSTART, SCRATCH_RUN, TINY_MODEL, read_metrics, run_mdm
 from megatron_mdm.kernels.fp8_linear import (
     FP8_DTYPES,
     FP8ShapeError,

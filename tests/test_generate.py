@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import QUICKSTART, ROOT, read_metrics, run_cli, run_mdm, subprocess_env
+from helpers import QUICKSTART, ROOT, read_metrics, run_cli, run_mdm, subprocess_env
 
 
 @pytest.mark.slow

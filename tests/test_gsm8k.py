@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_mdm
 from eval_models import tiny_models
+from helpers import ROOT, run_mdm
 
 from megatron_mdm.cli import main as mdm_main
 from megatron_mdm.data.sft import load_sft_examples

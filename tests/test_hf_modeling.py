@@ -10,43 +10,14 @@ import shutil
 
 import pytest
 import torch
+from helpers import TORCH_MASK, TORCH_VOCAB, tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from megatron_mdm.convert.hf_modeling import MODELING_FILES
 from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
 from megatron_mdm.convert.hf_modeling.modeling_mdm import MDMForMaskedLM
 
-VOCAB = 37  # 36 tokenizer ids + [MASK]
-MASK = 36
-
-
-def tiny_config(objective="mdm", kv_heads=4, **kw) -> MDMConfig:
-    args = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=64,
-        rope_theta=10000.0,
-        mask_token_id=MASK,
-        eos_token_id=1,
-        objective=objective,
-        initializer_range=0.2,
-    )
-    args.update(kw)
-    return MDMConfig(**args)
-
-
-def tiny_model(config: MDMConfig, seed: int = 0) -> MDMForMaskedLM:
-    torch.manual_seed(seed)
-    model = MDMForMaskedLM(config).eval()
-    with torch.no_grad():  # non-trivial norm weights, so that the check sees them
-        for name, p in model.named_parameters():
-            if name.endswith("layernorm.weight") or name == "model.norm.weight":
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    return model
+VOCAB, MASK = TORCH_VOCAB, TORCH_MASK
 
 
 def ids(batch=2, seq=9, seed=1) -> torch.Tensor:

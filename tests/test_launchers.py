@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART, ROOT, SCRATCH_RUN, free_port, read_metrics, run_mdm, subprocess_env
+from helpers import QUICKSTART, ROOT, SCRATCH_RUN, free_port, read_metrics, run_mdm, subprocess_env
 
 pytestmark = pytest.mark.slow
 

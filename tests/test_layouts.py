@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 from megatron_mdm.config import load_config
 from megatron_mdm.convert import layouts

@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, subprocess_env
 from eval_models import tiny_models
+from helpers import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 from megatron_mdm.config import load_config
 from megatron_mdm.model import sharding

@@ -9,7 +9,7 @@ the validation loss (forward only, fixed masks) is compared as well.
 from __future__ import annotations
 
 import pytest
-from conftest import QUICKSTART, SCRATCH_RUN, read_metrics, read_val_metrics, run_mdm
+from helpers import QUICKSTART, SCRATCH_RUN, read_metrics, read_val_metrics, run_mdm
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import QUICKSTART, read_metrics, run_mdm
+from helpers import QUICKSTART, read_metrics, run_mdm
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def test_sigterm_checkpoints_exits_zero_and_resume_continues_exactly(tmp_path):
     import sys
     import time
 
-    from conftest import ROOT, subprocess_env
+    from helpers import ROOT, subprocess_env
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     steps = ["train.max_steps=8", "checkpoint.save_interval=0"]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, subprocess_env
+from helpers import ROOT, subprocess_env
 
 sys.path.insert(0, str(ROOT / "examples" / "reversal_curse"))
 

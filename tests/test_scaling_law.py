@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, subprocess_env
-from test_slurm_scripts import fake_slurm
+from helpers import ROOT, fake_slurm, subprocess_env
 
 from megatron_mdm.config import load_config
 from megatron_mdm.model.accounting import non_embedding_params

@@ -10,7 +10,7 @@ import random
 
 import pytest
 import torch
-from conftest import QUICKSTART, TINY_MODEL, read_metrics, read_val_metrics, run_cli, run_mdm
+from helpers import QUICKSTART, TINY_MODEL, read_metrics, read_val_metrics, run_cli, run_mdm
 
 from megatron_mdm.config import ConfigError, load_config
 from megatron_mdm.data.sft_batches import SFTBatches, epoch_order
@@ -304,7 +304,7 @@ def test_bad_sft_input_is_one_line(pre, overrides, message):
 
 
 def test_sft_configs_carry_the_recipes():
-    from conftest import ROOT
+    from helpers import ROOT
 
     gsm = load_config(str(ROOT / "configs" / "sft-gsm8k.yaml"))
     t, s = gsm.train, gsm.sft

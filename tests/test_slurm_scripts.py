@@ -10,19 +10,17 @@ signal, exit 0 with a checkpoint, and the script must requeue the job.
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, read_metrics, subprocess_env
+from helpers import ROOT, SLURM_JOB_ID, fake_slurm, free_port, read_metrics, write_executable
 
 SCRIPTS = sorted((ROOT / "slurm").glob("*.sbatch"))
-JOB_ID = 4242123
+JOB_ID = SLURM_JOB_ID
 PORT = 10000 + JOB_ID % 20000  # launch_env._slurm_port's formula; the script must agree
 
 
@@ -34,55 +32,6 @@ def test_the_scripts_exist():
 def test_bash_syntax(script):
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-
-
-def _write_exe(path: Path, text: str) -> None:
-    path.write_text(text)
-    path.chmod(0o755)
-
-
-def fake_slurm(tmp_path: Path, hosts=("node001", "node002"), **extra) -> dict:
-    """Environment of a batch script on node SLURM_NODEID of a 2-node job, with a stub scontrol
-    that records its arguments and expands any node list to `hosts`."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    calls = tmp_path / "scontrol.calls"
-    listing = "\n".join(hosts)
-    _write_exe(
-        bin_dir / "scontrol",
-        f"""#!/bin/sh
-echo "$*" >> {shlex.quote(str(calls))}
-case "$1 $2" in
-    "show hostnames") printf '%s\\n' {shlex.quote(listing)} ;;
-    requeue\\ *) ;;
-    *) echo "stub scontrol: unsupported: $*" >&2; exit 1 ;;
-esac
-""",
-    )
-    env = {k: v for k, v in subprocess_env().items() if not k.startswith(("SLURM_", "MDM_"))}
-    env.pop("GPUS_PER_NODE", None)
-    env.pop("VENV", None)
-    env.update(
-        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
-        SLURM_JOB_ID=str(JOB_ID),
-        SLURM_JOB_NAME="mdm-pretrain",
-        SLURM_JOB_NODELIST="node[001-002]",
-        SLURM_NODELIST="node[001-002]",
-        SLURM_NNODES="2",
-        SLURM_JOB_NUM_NODES="2",
-        SLURM_NODEID="1",
-        SLURM_PROCID="0",
-        SLURM_NTASKS="2",
-        SLURM_NTASKS_PER_NODE="1",
-        SLURM_CPUS_PER_TASK="16",
-        SLURM_GPUS_ON_NODE="4",
-        SLURM_SUBMIT_DIR=str(ROOT),
-        # Left over from a local run in the submitting shell: must not leak into the launch.
-        MASTER_ADDR="10.9.9.9",
-        MASTER_PORT="1234",
-    )
-    env.update(extra)
-    return env
 
 
 def dry_run(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -280,8 +229,8 @@ def test_usr1_warning_checkpoints_exits_0_and_requeues(tmp_path):
         MDM_MASTER_PORT=str(free_port()),
         STUB_DIR=str(tmp_path),
     )
-    _write_exe(tmp_path / "bin" / "srun", STUB_SRUN)
-    _write_exe(tmp_path / "bin" / "scancel", STUB_SCANCEL.format(python=sys.executable))
+    write_executable(tmp_path / "bin" / "srun", STUB_SRUN)
+    write_executable(tmp_path / "bin" / "scancel", STUB_SCANCEL.format(python=sys.executable))
     max_steps = 40
     args = [
         "configs/quickstart.yaml",

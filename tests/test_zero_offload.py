@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import QUICKSTART, SCRATCH_RUN, TINY_MODEL, read_metrics, run_mdm
+from helpers import QUICKSTART, SCRATCH_RUN, TINY_MODEL, read_metrics, run_mdm
 
 from megatron_mdm.config import load_config
 

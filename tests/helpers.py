@@ -1,0 +1,199 @@
+"""Shared test helpers (import them with `from helpers import ...`): paths, the tiny model
+overrides, runs of `mdm` as real subprocesses (one process, or several through torchrun on
+gloo), metrics readers, the tiny plain-torch `MDMForMaskedLM` builders and a fake Slurm
+environment. Fixtures stay in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
+from megatron_mdm.convert.hf_modeling.modeling_mdm import MDMForMaskedLM
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+# A 2-layer GQA model for in-process tests (heads 4, kv groups 2).
+TINY_MODEL = [
+    "model.num_layers=2",
+    "model.hidden_size=64",
+    "model.num_attention_heads=4",
+    "model.num_query_groups=2",
+    "model.ffn_hidden_size=128",
+    "model.seq_length=16",
+]
+
+# A throw-away run: every step logged to metrics.jsonl, no progress bar, no TensorBoard, no resume,
+# no final checkpoint.
+SCRATCH_RUN = [
+    "logging.interval=1",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "checkpoint.resume=none",
+    "checkpoint.save_at_end=false",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    env.pop("LOCAL_RANK", None)
+    env["MASTER_ADDR"] = "127.0.0.1"
+    env["MASTER_PORT"] = str(free_port())
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def run_mdm(args: list[str], nproc: int = 1, timeout: int = 600, check: bool = True):
+    """Run `mdm ARGS` on `nproc` processes (torchrun when > 1); returns the CompletedProcess."""
+    env = subprocess_env()
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "megatron_mdm.cli", *args]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            env["MASTER_PORT"],
+            "-m",
+            "megatron_mdm.cli",
+            *args,
+        ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def run_cli(*args, timeout: int = 120) -> subprocess.CompletedProcess:
+    """`mdm ARGS` in a subprocess, output captured, exit code left to the caller."""
+    return subprocess.run(
+        [sys.executable, "-m", "megatron_mdm.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_all_metrics(output_dir: Path) -> list[dict]:
+    with open(Path(output_dir) / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    """Training records (validation records carry `val_loss` instead of `loss`)."""
+    return [r for r in read_all_metrics(output_dir) if "loss" in r]
+
+
+def read_val_metrics(output_dir: Path) -> list[dict]:
+    return [r for r in read_all_metrics(output_dir) if "val_loss" in r]
+
+
+# The tiny plain-torch model of the exported modeling code (36 tokenizer ids + [MASK]).
+TORCH_VOCAB = 37  # 36 tokenizer ids + [MASK]
+TORCH_MASK = 36
+
+
+def tiny_config(objective="mdm", kv_heads=4, **kw) -> MDMConfig:
+    args = dict(
+        vocab_size=TORCH_VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        rope_theta=10000.0,
+        mask_token_id=TORCH_MASK,
+        eos_token_id=1,
+        objective=objective,
+        initializer_range=0.2,
+    )
+    args.update(kw)
+    return MDMConfig(**args)
+
+
+def tiny_model(config: MDMConfig, seed: int = 0) -> MDMForMaskedLM:
+    torch.manual_seed(seed)
+    model = MDMForMaskedLM(config).eval()
+    with torch.no_grad():  # non-trivial norm weights, so that the check sees them
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    return model
+
+
+# A fake Slurm environment.
+SLURM_JOB_ID = 4242123
+
+
+def write_executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def fake_slurm(tmp_path: Path, hosts=("node001", "node002"), **extra) -> dict:
+    """Environment of a batch script on node SLURM_NODEID of a 2-node job, with a stub scontrol
+    that records its arguments and expands any node list to `hosts`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "scontrol.calls"
+    listing = "\n".join(hosts)
+    write_executable(
+        bin_dir / "scontrol",
+        f"""#!/bin/sh
+echo "$*" >> {shlex.quote(str(calls))}
+case "$1 $2" in
+    "show hostnames") printf '%s\\n' {shlex.quote(listing)} ;;
+    requeue\\ *) ;;
+    *) echo "stub scontrol: unsupported: $*" >&2; exit 1 ;;
+esac
+""",
+    )
+    env = {k: v for k, v in subprocess_env().items() if not k.startswith(("SLURM_", "MDM_"))}
+    env.pop("GPUS_PER_NODE", None)
+    env.pop("VENV", None)
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        SLURM_JOB_ID=str(SLURM_JOB_ID),
+        SLURM_JOB_NAME="mdm-pretrain",
+        SLURM_JOB_NODELIST="node[001-002]",
+        SLURM_NODELIST="node[001-002]",
+        SLURM_NNODES="2",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_NODEID="1",
+        SLURM_PROCID="0",
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_CPUS_PER_TASK="16",
+        SLURM_GPUS_ON_NODE="4",
+        SLURM_SUBMIT_DIR=str(ROOT),
+        # Left over from a local run in the submitting shell: must not leak into the launch.
+        MASTER_ADDR="10.9.9.9",
+        MASTER_PORT="1234",
+    )
+    env.update(extra)
+    return env
