@@ -1,16 +1,16 @@
 """The modeling code shipped inside exported checkpoints: it must load through transformers'
-remote-code path and compute exactly the architecture megatron-mdm trains (checked against an
-independent re-computation written here from the formulas, not from the module)."""
+remote-code path and compute exactly the architecture megatron-mdm trains (checked against
+tests/reference_llama.py, a re-computation written from the formulas, not from the module)."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import pytest
 import torch
 from helpers import TORCH_MASK, TORCH_VOCAB, tiny_config, tiny_model
+from reference_llama import hf_logits
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from megatron_mdm.convert.hf_modeling import MODELING_FILES
@@ -25,53 +25,6 @@ def ids(batch=2, seq=9, seed=1) -> torch.Tensor:
     x = torch.randint(0, VOCAB - 1, (batch, seq), generator=g)
     x[:, ::3] = MASK
     return x
-
-
-def reference_logits(sd: dict, cfg: MDMConfig, input_ids: torch.Tensor) -> torch.Tensor:
-    """One forward pass in float64 from the state dict, using the pairwise (complex) form of
-    rotate-half RoPE and an explicit softmax, so nothing is shared with the module's code."""
-    w = {k: v.double() for k, v in sd.items()}
-    nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    b, n = input_ids.shape
-    half = hd // 2
-
-    def rms(x, weight):
-        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps) * weight
-
-    # pair (i, i + hd/2) rotates by angle pos * theta^(-2i/hd)
-    freqs = torch.tensor(
-        [cfg.rope_theta ** (-2.0 * i / hd) for i in range(half)], dtype=torch.float64
-    )
-    angle = torch.arange(n, dtype=torch.float64)[:, None] * freqs[None, :]
-    rot = torch.polar(torch.ones_like(angle), angle)  # [n, half]
-
-    def rope(x):  # x [b, n, heads, hd]
-        z = torch.complex(x[..., :half], x[..., half:]) * rot[None, :, None, :]
-        return torch.cat([z.real, z.imag], dim=-1)
-
-    h = w["model.embed_tokens.weight"][input_ids]
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        x = rms(h, w[p + "input_layernorm.weight"])
-        q = rope((x @ w[p + "self_attn.q_proj.weight"].T).view(b, n, nh, hd))
-        k = rope((x @ w[p + "self_attn.k_proj.weight"].T).view(b, n, nkv, hd))
-        v = (x @ w[p + "self_attn.v_proj.weight"].T).view(b, n, nkv, hd)
-        heads = []
-        for head in range(nh):
-            g = head // (nh // nkv)
-            s = torch.einsum("bqd,bkd->bqk", q[:, :, head], k[:, :, g]) / math.sqrt(hd)
-            if cfg.objective == "arm":
-                s = s.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
-            heads.append(torch.softmax(s, dim=-1) @ v[:, :, g])
-        attn = torch.cat(heads, dim=-1)
-        h = h + attn @ w[p + "self_attn.o_proj.weight"].T
-        x = rms(h, w[p + "post_attention_layernorm.weight"])
-        gate = x @ w[p + "mlp.gate_proj.weight"].T
-        up = x @ w[p + "mlp.up_proj.weight"].T
-        h = h + (gate * torch.sigmoid(gate) * up) @ w[p + "mlp.down_proj.weight"].T
-    logits = rms(h, w["model.norm.weight"]) @ w["lm_head.weight"].T
-    logits[..., cfg.invalid_output_ids] = float("-inf")
-    return logits
 
 
 def export_folder(model: MDMForMaskedLM, path) -> None:
@@ -124,7 +77,9 @@ def test_matches_independent_reference(objective, kv_heads):
     x = ids()
     with torch.no_grad():
         got = model(x).logits
-    want = reference_logits(model.state_dict(), cfg, x).float()
+    want = hf_logits(model.state_dict(), cfg.to_dict(), x, causal=objective == "arm")
+    want[..., cfg.invalid_output_ids] = float("-inf")
+    want = want.float()
     assert got.dtype == torch.float32 and got.shape == (2, 9, VOCAB)
     assert got.abs()[torch.isfinite(got)].max() > 1.0  # the comparison is not between ~zeros
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
