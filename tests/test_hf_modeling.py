@@ -9,9 +9,17 @@ import shutil
 
 import pytest
 import torch
+from eval_models import tiny_models
 from helpers import TORCH_MASK, TORCH_VOCAB, tiny_config, tiny_model
 from reference_llama import hf_logits
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from megatron_mdm.convert.hf_modeling import MODELING_FILES
 from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
@@ -156,3 +164,72 @@ def test_padding_mask_hides_padded_keys(objective):
     assert torch.isfinite(got[..., :MASK]).all()
     if objective == "mdm":
         assert not torch.allclose(unmasked[:, :6], want, atol=1e-5)
+
+
+def stock_llama_config(config: dict) -> LlamaConfig:
+    """transformers' own LlamaConfig mirroring an `hf` export's config.json."""
+    return LlamaConfig(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        intermediate_size=config["intermediate_size"],
+        num_hidden_layers=config["num_hidden_layers"],
+        num_attention_heads=config["num_attention_heads"],
+        num_key_value_heads=config["num_key_value_heads"],
+        head_dim=config["head_dim"],
+        max_position_embeddings=config["max_position_embeddings"],
+        rope_theta=config["rope_theta"],
+        rms_norm_eps=config["rms_norm_eps"],
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        attn_implementation="eager",
+    )
+
+
+@pytest.mark.slow  # trains and exports (tests/eval_models.py, shared with the eval tests)
+def test_arm_export_runs_in_stock_transformers_llama(tmp_path_factory, single_rank_world):
+    """An ARM trained by our stack (megatron-core model, `model.objective=arm`, 2 steps) and
+    exported by `mdm convert export --format hf`, strictly loaded into `transformers`'
+    LlamaForCausalLM: its logits equal our training model's on the same input.
+
+    This reference is code nobody here wrote: the stock Llama of `transformers` (its RMSNorm,
+    rotate-half RoPE, GQA, SwiGLU, causal mask), built from a LlamaConfig that mirrors the
+    export's config.json. Our training model is megatron-core's, loaded straight from the
+    DeepSpeed model-states file of the run (TP=1, PP=1), not through the export mapping."""
+    from megatron_mdm.checkpointing.run_dir import find_checkpoint, read_meta, vocab_from_meta
+    from megatron_mdm.config import from_dict
+    from megatron_mdm.model.builder import build_model
+
+    models = tiny_models(tmp_path_factory.getbasetemp())
+    config = json.loads((models.arm_hf / "config.json").read_text())
+    assert config["objective"] == "arm" and config["tie_word_embeddings"] is False
+    llama_config = stock_llama_config(config)
+    rope = getattr(llama_config, "rope_parameters", None) or vars(llama_config)
+    assert rope["rope_theta"] == config["rope_theta"]
+    stock = LlamaForCausalLM(llama_config).eval()
+    stock.load_state_dict(load_file(str(models.arm_hf / "model.safetensors")), strict=True)
+
+    ckpt = find_checkpoint(models.arm)
+    meta = read_meta(ckpt)
+    assert meta["parallel"] == {"tensor": 1, "pipeline": 1}
+    vocab = vocab_from_meta(meta)
+    ours = build_model(from_dict(meta["config"]), vocab, on_gpu=False).eval()
+    states = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=True)
+    ours.load_state_dict(states["module"], strict=True)
+
+    n_vocab = config["vocab_size"]
+    real = [i for i in range(n_vocab) if i not in config["invalid_output_ids"]]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(
+        0, vocab.tokenizer_size, (2, config["max_position_embeddings"]), generator=gen
+    )
+    with torch.no_grad():
+        want = ours(x)[..., :n_vocab]
+        got = stock(input_ids=x).logits
+    assert want.dtype == got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.isneginf(want[..., config["invalid_output_ids"]]).all()
+    want, got = want[..., real], got[..., real]
+    assert torch.isfinite(want).all()
+    assert want.std() > 100 * 1e-5  # the tolerance is small against the logits' spread
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
