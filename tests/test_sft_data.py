@@ -198,7 +198,10 @@ def test_named_format_errors(tmp_path, fmt, split, lines, problem):
         load_sft_examples(path, TOK, fmt="csv")
 
 
-@pytest.mark.skipif(not GSM8K_TXT.is_file(), reason="../shared/data/gsm8k not present")
+@pytest.mark.skipif(
+    not (GSM8K_TXT.is_file() and GSM8K_TXT.with_name("train.jsonl").is_file()),
+    reason="../shared/data/gsm8k (train_icot_format.txt, train.jsonl) not present",
+)
 def test_gsm8k_shared_files_load_and_split():
     txt = load_sft_examples(GSM8K_TXT, TOK, gsm8k_split_cot=True)
     assert len(txt) == 2 * 6973
