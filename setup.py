@@ -8,7 +8,7 @@ setup(
     version="0.1.0",
     description="Pretraining masked diffusion language models on Megatron-Core and DeepSpeed",
     python_requires=">=3.10",
-    # kernels/ sits at the repository root (DESIGN.md layout) and installs as megatron_mdm.kernels.
+    # kernels/ sits at the repository root (docs/design.md §1) and installs as megatron_mdm.kernels.
     packages=[*find_packages(include=["megatron_mdm", "megatron_mdm.*"]), "megatron_mdm.kernels"],
     package_dir={"megatron_mdm.kernels": "kernels"},
     install_requires=[

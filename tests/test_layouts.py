@@ -1,4 +1,4 @@
-"""Checkpoint layouts: exported names and shapes (DESIGN.md §8), bit-identical round trips, and
+"""Checkpoint layouts: exported names and shapes (docs/design.md §8), bit-identical round trips, and
 logits of each exported state dict, run through a small reference forward written here from the
 format's own description, equal to the training model's logits."""
 
@@ -28,7 +28,7 @@ HD = 16
 
 
 def expected_names(fmt: str) -> dict[str, tuple[int, ...]]:
-    """Written out from DESIGN.md §8, independently of the module's own tables."""
+    """Written out from docs/design.md §8, independently of the module's own tables."""
     v, d, f = 101, 64, 128
     q, kv = 4 * HD, 2 * HD
     if fmt == "hf":
