@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="complete a prompt with a trained model")
     add_generate_arguments(gen)
     gen.set_defaults(func=_generate)
-    sft = sub.add_parser("sft", help="supervised fine-tuning (DESIGN.md §4) from a YAML config")
+    sft = sub.add_parser(
+        "sft", help="supervised fine-tuning (docs/design.md §4) from a YAML config"
+    )
     sft.add_argument("config", help="experiment YAML with an `sft` section (configs/sft-*.yaml)")
     sft.add_argument("overrides", nargs="*", help="section.key=value overrides")
     sft.set_defaults(func=_sft)

@@ -107,7 +107,7 @@ def test_unknown_key_in_file(tmp_path):
     path = write(tmp_path, "train:\n  lrr: 1\n")
     message = error(path)
     assert path in message and "train.lrr" in message and "override" not in message
-    assert "unknown" in error(write(tmp_path, "trian: {}\n", "b.yaml"))
+    assert "unknown" in error(write(tmp_path, "trian: {}\n", "b.yaml"))  # codespell:ignore
     message = error(write(tmp_path, "data:\n  tokenizer:\n    typo: hf\n", "c.yaml"))
     assert "data.tokenizer.typo" in message
 

@@ -1,4 +1,4 @@
-"""The training losses against independent re-computations of DESIGN.md §3, and the masking
+"""The training losses against independent re-computations of docs/design.md §3, and the masking
 contract: masks depend only on (seed, step, position in the global batch)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""SFT data (DESIGN.md §4): loading formats, truncation, keyed response-only masking, the loss."""
+"""SFT data (docs/design.md §4): loading formats, truncation, keyed response-only masking, the
+loss."""
 
 from __future__ import annotations
 
@@ -404,7 +405,7 @@ def test_truncation_drop_policy():
 
 
 def loop_loss(ce, masked, p, prompt_lengths, length, normalize):
-    """DESIGN.md §4 written out element by element."""
+    """docs/design.md §4 written out element by element."""
     b_size = ce.shape[0]
     per_seq, total, tokens = [], 0.0, 0
     for b in range(b_size):

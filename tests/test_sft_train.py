@@ -1,4 +1,4 @@
-"""`mdm sft` (DESIGN.md §4): the loss the trainer logs against a loop re-computation, prompt
+"""`mdm sft` (docs/design.md §4): the loss the trainer logs against a loop re-computation, prompt
 positions never masked and without gradient, a tiny run that learns, exact resume, TP/PP parity,
 the batch layout, the epochs rule and one-line errors."""
 
@@ -81,7 +81,7 @@ def load_model(cfg, ckpt):
 
 
 def loop_sft_loss(logits, examples, mb, normalize):
-    """DESIGN.md §4 element by element: log-softmax of each masked response position, weight
+    """docs/design.md §4 element by element: log-softmax of each masked response position, weight
     1/p, per-sequence sum over its response length (L - prompt length, pads included), mean over
     the batch; or one sum over the batch divided by all response tokens."""
     per_seq, total, tokens = [], 0.0, 0

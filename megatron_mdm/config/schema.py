@@ -442,7 +442,8 @@ class ChatTemplateConfig:
 
 @dataclass
 class SFTConfig:
-    """``sft``: supervised fine-tuning by ``mdm sft`` (DESIGN.md §4); ``mdm train`` ignores it."""
+    """``sft``: supervised fine-tuning by ``mdm sft`` (docs/design.md §4); ``mdm train`` ignores
+    it."""
 
     data: list | str | None = None
     """Training file, or a list of files (required by ``mdm sft``)."""

@@ -1,4 +1,4 @@
-"""Training losses (DESIGN.md §3): SMDM/LLaDA diffusion loss, MDLM form, ARM next-token loss.
+"""Training losses (docs/design.md §3): SMDM/LLaDA diffusion loss, MDLM form, ARM next-token loss.
 
 All take vocab-parallel logits [B, L, V/tp] and use megatron-core's vocab-parallel cross-entropy,
 so they are correct under tensor parallelism without gathering the vocabulary.

@@ -1,4 +1,4 @@
-"""`mdm eval ppl`: perplexity (an upper bound, for an MDM) on held-out text (DESIGN.md §7).
+"""`mdm eval ppl`: perplexity (an upper bound, for an MDM) on held-out text (docs/design.md §7).
 
 The text is one token stream, documents separated by EOS exactly as training sees them (an
 indexed `.bin/.idx` prefix as written by `mdm preprocess`, or a text / jsonl file tokenised here

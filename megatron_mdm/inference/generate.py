@@ -32,6 +32,12 @@ def _check(config: SamplingConfig, sampler: str) -> None:
         raise SamplingError("a confidence threshold needs remasking=low_confidence")
 
 
+def _cached_model(model: InferenceModel) -> torch.nn.Module:
+    if model.cached_model is None:
+        raise SamplingError("this model has no key/value cache: use cache=none")
+    return model.cached_model
+
+
 def generate(
     model: InferenceModel,
     prompt_ids: torch.Tensor,
@@ -48,9 +54,11 @@ def generate(
     generator = torch.Generator(device=model.device).manual_seed(c.seed)
     if sampler == "arm":
         eos = model.eos_id if c.stop_at_eos else None
-        arm = arm_sample if c.cache == "none" else arm_sample_kv
-        fn = model.model_fn if c.cache == "none" else model.cached_model
-        return arm(fn, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
+        if c.cache == "none":
+            fn = model.model_fn
+            return arm_sample(fn, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
+        kv = _cached_model(model)
+        return arm_sample_kv(kv, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
     if sampler == "mdlm":
         return mdlm_sample(
             model.model_fn,
@@ -76,7 +84,7 @@ def generate(
         generator,
         threshold=c.threshold if fast else None,
         cache=cache,
-        cached_model=None if cache == "none" else model.cached_model,
+        cached_model=None if cache == "none" else _cached_model(model),
         stats=stats,
     )
 

@@ -1,4 +1,4 @@
-"""`mdm sft CONFIG`: supervised fine-tuning (DESIGN.md §4) on the pretraining Trainer.
+"""`mdm sft CONFIG`: supervised fine-tuning (docs/design.md §4) on the pretraining Trainer.
 
 The examples are read, split and fitted to the sequence length once, identically on every rank
 and before any process group exists, so a bad file or key stops the run with one line. The run
