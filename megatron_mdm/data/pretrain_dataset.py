@@ -3,6 +3,7 @@
 Every dataset of the blend is checked first (docs/design.md §11): its tokenizer sidecar against
 the run's tokenizer, then its files (`indexed_check`, `data.validate`), so damaged or foreign
 data fails in one line naming the file before megatron-core reads it.
+
 `BlendedMegatronDatasetBuilder` builds the train/valid/test GPTDatasets (document shuffling,
 packing to `seq_length + 1` tokens, epochs, weighted blends) and caches their index files; rank 0
 builds first and the others load the cache. A sample is a pure function of (seed, index), which
