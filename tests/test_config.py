@@ -347,6 +347,7 @@ def test_literal_fields():
         "train.precision": ("fp32", "bf16", "fp8"),
         "train.fp8_recipe": ("delayed", "current"),
         "train.fp8_grad_format": ("e5m2", "e4m3"),
+        "data.validate": ("sample", "full"),
         "data.tokenizer.type": ("byte", "sentencepiece", "hf"),
         "sft.format": ("auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot"),
         "sft.normalize": ("sequence", "token"),
@@ -377,8 +378,10 @@ def test_choice_tuples_are_the_consumers_tuples():
     assert results.OBJECTIVES is config.OBJECTIVES
     assert sweep.OBJECTIVES is config.OBJECTIVES and families.OBJECTIVES is config.OBJECTIVES
     pytest.importorskip("torch")
-    from megatron_mdm.data import sft, tokenizers
+    from megatron_mdm.data import indexed_check, sft, tokenizers
     from megatron_mdm.diffusion import sft_loss
+
+    assert indexed_check.DATA_VALIDATIONS is config.DATA_VALIDATIONS
 
     assert sft.SFT_FORMATS is config.SFT_FORMATS
     assert sft.TRUNCATION_POLICIES is config.TRUNCATION_POLICIES

@@ -20,6 +20,7 @@ and the tools import this package on machines that may not have it.
 from megatron_mdm.config.checks import ConfigError
 from megatron_mdm.config.choices import (
     ATTENTION_BACKENDS,
+    DATA_VALIDATIONS,
     DIFFUSION_LOSSES,
     FP8_GRAD_FORMATS,
     FP8_RECIPES,
@@ -35,6 +36,7 @@ from megatron_mdm.config.choices import (
     TRUNCATION_POLICIES,
     ZERO_STAGES,
     AttentionBackend,
+    DataValidation,
     DiffusionLoss,
     FP8GradFormat,
     FP8Recipe,
@@ -69,6 +71,7 @@ from megatron_mdm.config.schema import (
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "DATA_VALIDATIONS",
     "DIFFUSION_LOSSES",
     "FP8_GRAD_FORMATS",
     "FP8_RECIPES",
@@ -84,6 +87,7 @@ __all__ = [
     "TRUNCATION_POLICIES",
     "ZERO_STAGES",
     "AttentionBackend",
+    "DataValidation",
     "ChatTemplateConfig",
     "CheckpointConfig",
     "ConfigError",

@@ -10,6 +10,7 @@ from typing import Literal, get_args
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "DATA_VALIDATIONS",
     "DIFFUSION_LOSSES",
     "FP8_GRAD_FORMATS",
     "FP8_RECIPES",
@@ -25,6 +26,7 @@ __all__ = [
     "T_SAMPLINGS",
     "ZERO_STAGES",
     "AttentionBackend",
+    "DataValidation",
     "DiffusionLoss",
     "FP8GradFormat",
     "FP8Recipe",
@@ -52,6 +54,7 @@ Precision = Literal["fp32", "bf16", "fp8"]
 FP8Recipe = Literal["delayed", "current"]
 FP8GradFormat = Literal["e5m2", "e4m3"]
 TokenizerType = Literal["byte", "sentencepiece", "hf"]
+DataValidation = Literal["sample", "full"]
 SFTFormat = Literal["auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot"]
 SFTNormalize = Literal["sequence", "token"]
 TruncationPolicy = Literal["response", "prompt_left", "drop"]
@@ -68,6 +71,7 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 FP8_RECIPES: tuple[FP8Recipe, ...] = get_args(FP8Recipe)
 FP8_GRAD_FORMATS: tuple[FP8GradFormat, ...] = get_args(FP8GradFormat)
 TOKENIZER_TYPES: tuple[TokenizerType, ...] = get_args(TokenizerType)
+DATA_VALIDATIONS: tuple[DataValidation, ...] = get_args(DataValidation)
 SFT_FORMATS: tuple[SFTFormat, ...] = get_args(SFTFormat)
 SFT_NORMALIZE: tuple[SFTNormalize, ...] = get_args(SFTNormalize)
 TRUNCATION_POLICIES: tuple[TruncationPolicy, ...] = get_args(TruncationPolicy)

@@ -25,6 +25,7 @@ from megatron_mdm.config.checks import (
 )
 from megatron_mdm.config.choices import (
     AttentionBackend,
+    DataValidation,
     DiffusionLoss,
     FP8GradFormat,
     FP8Recipe,
@@ -89,16 +90,23 @@ class DataConfig:
     built-in synthetic corpus, so a smoke run needs no data."""
     blend: list | None = None
     """Preprocessed Megatron datasets, ``[w1, prefix1, w2, prefix2, ...]``: each prefix names a
-    ``.bin``/``.idx`` pair, sampled in proportion to its weight. Excludes ``text_file``."""
+    ``.bin``/``.idx`` pair, sampled in proportion to its weight. Prefixes alone, ``[prefix]`` or
+    ``[prefix1, prefix2]``, weigh each by its number of tokens (as if the files were one).
+    Excludes ``text_file``."""
     split: str = "969,30,1"
     """Train, valid, test weights (Megatron style): the share of documents in each split."""
+    validate: DataValidation = "sample"
+    """Checks of every dataset at start-up (docs/design.md §12): sample: the .idx header, sizes
+    and pointers in full, token ids < vocabulary in evenly spread windows of the .bin (whole
+    .bin up to 64 MiB); full: every token id as well (reads the whole .bin on every rank)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """The tokenizer of the corpus; it also sets the vocabulary when model.vocab_size is null."""
     num_workers: int = 0
     """Data-loader worker processes per rank; 0 reads in the training process."""
 
-    def validate(self, fail: Fail) -> None:
-        """Worker count, split weights, blend entries, the text_file / blend exclusion."""
+    def check(self, fail: Fail) -> None:
+        """Worker count, split weights, blend entries, the text_file / blend exclusion. (Named
+        check, not validate like the other sections': ``data.validate`` is a setting.)"""
         non_negative(fail, "data.num_workers", self.num_workers)
         _check_split(fail, self.split)
         if self.blend is not None:
@@ -117,8 +125,15 @@ def _check_split(fail: Fail, split: str) -> None:
 
 
 def _check_blend(fail: Fail, blend: list) -> None:
+    if blend and all(isinstance(x, str) for x in blend):  # prefixes only: implicit weights
+        if not all(blend):
+            fail("data.blend", f"a dataset prefix is empty in {short(blend)}")
+        return
     if not blend or len(blend) % 2:
-        fail("data.blend", f"expected [weight, prefix, weight, prefix, ...], got {short(blend)}")
+        fail(
+            "data.blend",
+            f"expected [weight, prefix, weight, prefix, ...] or [prefix, ...], got {short(blend)}",
+        )
     for i in range(0, len(blend), 2):
         weight, prefix = blend[i], blend[i + 1]
         if isinstance(weight, bool) or not isinstance(weight, int | float):
@@ -558,17 +573,17 @@ class ExperimentConfig:
         """Check types, then each section on its own, then the rules across sections; raise
         the first problem as a one-line ConfigError naming the source and the key."""
         check_types(self, "", self.source)
-        for section in (
-            self.model,
-            self.diffusion,
-            self.parallel,
-            self.train,
-            self.checkpoint,
-            self.logging,
-            self.data,
-            self.sft,
+        for check in (
+            self.model.validate,
+            self.diffusion.validate,
+            self.parallel.validate,
+            self.train.validate,
+            self.checkpoint.validate,
+            self.logging.validate,
+            self.data.check,  # `data.validate` is a setting (docs/design.md §12)
+            self.sft.validate,
         ):
-            section.validate(self._fail)
+            check(self._fail)
         check_layout(self, self._fail)
         if self.train.precision == "fp8":
             check_fp8(self, self._fail)

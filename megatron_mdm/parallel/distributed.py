@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -58,6 +60,22 @@ def prepare_accelerator() -> torch.device:
     return torch.device("cpu")
 
 
+OP_BUILT = re.compile(r"^DeepSpeed \S+ built successfully$")
+
+
+@contextlib.contextmanager
+def _drop_stdout_lines(pattern: re.Pattern):
+    """Capture print()s to stdout; pass those not matching `pattern` on to stderr."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        kept = [ln for ln in buffer.getvalue().splitlines() if not pattern.match(ln.strip())]
+        if kept:
+            print("\n".join(kept), file=sys.stderr)
+
+
 def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
     launch = detect_launch_env()
     export_torch_env(launch)
@@ -65,9 +83,10 @@ def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
     if device.type == "cuda":
         torch.cuda.set_device(launch.local_rank)
         device = torch.device("cuda", launch.local_rank)
-    # DeepSpeed print()s op-build chatter ("... shm_comm_op built successfully") to stdout; it
-    # goes to stderr so that `mdm generate | ...` stdout holds only results. Errors still raise.
-    with contextlib.redirect_stdout(sys.stderr):
+    # DeepSpeed print()s "DeepSpeed <op> built successfully" whenever it loads its CPU
+    # shared-memory op, on every command; that line is dropped, anything else it prints goes to
+    # stderr, so that `mdm generate | ...` stdout holds only results. Errors still raise.
+    with _drop_stdout_lines(OP_BUILT):
         import deepspeed
 
         deepspeed.init_distributed(
