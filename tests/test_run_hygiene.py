@@ -248,6 +248,33 @@ def test_wandb_without_the_package_is_one_line():
     assert len(lines) == 1 and "logging.wandb" in lines[0], proc.stderr
 
 
+def test_wandb_offline_run_logs_the_metrics_and_resumes_the_same_run(tmp_path):
+    pytest.importorskip("wandb")
+    cfg = load_config(
+        None,
+        [
+            f"train.output_dir={tmp_path}",
+            "logging.wandb=true",
+            "logging.wandb_mode=offline",
+            "logging.tensorboard=false",
+        ],
+    )
+    first = MetricsWriter(cfg, resume_step=0)
+    first.write({"step": 1, "loss": 2.5, "mfu": None})
+    first.write_validation(1, 3.5)
+    first.write({"step": 2, "loss": 2.0})  # W&B commits step 1 once a later step arrives
+    summary = dict(first._wandb.run.summary)
+    run_id = first._wandb.run.id
+    first.close()
+    assert summary["_step"] == 1
+    assert summary["train/loss"] == 2.5 and summary["val/loss"] == 3.5
+    assert "train/mfu" not in summary  # null values are not logged
+    assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    resumed = MetricsWriter(cfg, resume_step=1)
+    assert resumed._wandb.run.id == run_id
+    resumed.close()
+
+
 # ------------------------------------------------------------------------------ signals
 
 
@@ -293,3 +320,49 @@ def test_a_leftover_build_lock_is_named_not_waited_on_forever(tmp_path, monkeypa
         wait_for_build_lock("cpu_adam", timeout_s=0.5, say=said.append)
     assert time.monotonic() - start < 5
     assert str(lock) in str(err.value) and str(lock) in said[0]
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(
+    single_rank_world, monkeypatch, tmp_path
+):
+    import torch
+    from helpers import TINY_MODEL
+    from megatron.core import parallel_state as ps
+
+    from megatron_mdm.checkpointing.deepspeed_io import save_checkpoint
+    from megatron_mdm.checkpointing.run_dir import CheckpointError
+    from megatron_mdm.model.builder import build_model
+    from megatron_mdm.model.vocab import VocabLayout
+    from megatron_mdm.parallel.distributed import ParallelContext
+    from megatron_mdm.training.engine import build_engine
+
+    for name, value in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)  # what a launcher sets; DeepSpeed asserts on them
+    cfg = load_config(None, [*TINY_MODEL, f"train.output_dir={tmp_path}"])
+    ctx = ParallelContext(
+        rank=0, world_size=1, local_rank=0, tp_rank=0, tp_size=1, pp_rank=0, pp_size=1,
+        dp_rank=0, dp_size=ps.get_data_parallel_world_size(), device=torch.device("cpu"),
+        launcher="single",
+    )  # fmt: skip
+    engine = build_engine(cfg, build_model(cfg, VocabLayout.build(100, None, 64, 1), False), ctx)
+    root = tmp_path / "checkpoints"
+    save_checkpoint(engine, cfg, ctx, 1, {})
+    with torch.no_grad():
+        next(engine.module.parameters())[0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match="step 2: the model weights are not finite"):
+        save_checkpoint(engine, cfg, ctx, 2, {})
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000001"]
+    assert (root / "latest").read_text() == "step_0000001"
+    assert yaml.safe_load((root / "step_0000001" / "meta.yaml").read_text())["weights_finite"]
+
+
+def test_samples_only_where_rank_0_holds_the_whole_model():
+    from megatron_mdm.training.samples import sampling_unavailable
+
+    assert sampling_unavailable(load_config(None, ["parallel.zero_stage=2"])) is None
+    for layout in (["parallel.tensor=2"], ["parallel.pipeline=2"], ["parallel.zero_stage=3"]):
+        message = sampling_unavailable(load_config(None, layout))
+        assert message.startswith("train.sample_interval:") and "no samples" in message

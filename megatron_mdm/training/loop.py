@@ -346,11 +346,11 @@ class Trainer:
 def training_session(cfg: ExperimentConfig, stop: PreemptionWatcher):
     """The process group and the output folder's lock around a run: checks that need no
     process group first (one line each), then the group, the lock (rank 0 takes it, every rank
-    learns the outcome), a start-up stop check; the group is torn down at the end (without the
-    final barrier when the run failed, as a peer may be gone)."""
+    learns the outcome), a start-up stop check (after the group exists, so that every rank
+    stops together even if the signal reached only some); the group is torn down at the end
+    (without the final barrier when the run failed, as a peer may be gone)."""
     check_transformer_impl(cfg)
     check_wandb(cfg)
-    stop.stop_if_requested()
     torch.manual_seed(cfg.train.seed)
     ctx = init_distributed(cfg)
     clean = False

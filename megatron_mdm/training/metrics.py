@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import uuid
 from pathlib import Path
 
 from megatron_mdm.config import ConfigError, ExperimentConfig, to_dict
@@ -72,7 +73,7 @@ class _Wandb:
         out = Path(cfg.train.output_dir)
         id_file = out / "wandb" / "run_id"
         id_file.parent.mkdir(parents=True, exist_ok=True)
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:16]
         atomic_write_text(id_file, run_id + "\n")
         self.run = wandb.init(
             project=cfg.logging.wandb_project,
