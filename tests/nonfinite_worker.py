@@ -34,6 +34,9 @@ CASES = {
     "zero3_dp2": ["parallel.zero_stage=3"],
     "pp2_zero0": ["parallel.pipeline=2", "parallel.zero_stage=0"],
     "pp2_zero1": ["parallel.pipeline=2", "parallel.zero_stage=1"],
+    "zero2_offload_dp2": ["parallel.zero_stage=2", "parallel.offload_optimizer=true"],
+    "bf16_zero0_dp2": ["parallel.zero_stage=0", "train.precision=bf16"],
+    "bf16_zero1_dp2": ["parallel.zero_stage=1", "train.precision=bf16"],
 }
 
 
@@ -124,8 +127,11 @@ def run_case(name: str, overrides: list[str], out: Path) -> None:
 
 def main() -> None:
     out = Path(sys.argv[1])
+    only = sys.argv[2:]
     try:
         for name, overrides in CASES.items():
+            if only and name not in only:
+                continue
             run_case(name, overrides, out)
     finally:
         shutdown()
