@@ -7,6 +7,7 @@ launch used to hang every later one).
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -90,6 +91,8 @@ def test_second_run_is_refused_and_ctrl_c_saves(tmp_path, port_29500_taken):
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-3000:]
     assert "received SIGINT" in stdout and "Traceback" not in stderr
+    stamp = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] "
+    assert re.search(rf"^{stamp}step +1 \| loss [\d.]+ \|.*\| MFU n/a$", stdout, re.M), stdout
     steps = len(read_metrics(out))
     assert (out / "checkpoints" / "latest").read_text() == f"step_{steps:07d}"
     assert not (out / "run.lock").exists()

@@ -77,6 +77,16 @@ def test_lr_schedule_matches_its_formula(schedule, warmup, decay_steps, fraction
         assert lr_at(end, t) == 1e-5
 
 
+def test_llada_recipe_uses_warmup_stable_decay():
+    from helpers import ROOT
+
+    for name in ("llada-8b", "arm-8b"):
+        t = load_config(str(ROOT / "configs" / f"{name}.yaml")).train
+        assert (t.lr_schedule, t.warmup_steps, t.lr, t.min_lr) == ("wsd", 2000, 4e-4, 1e-5)
+        stable_until = t.max_steps - int(t.lr_decay_fraction * (t.max_steps - 2000) + 0.5)
+        assert lr_at(stable_until - 1, t) == 4e-4 and lr_at(t.max_steps, t) == 1e-5
+
+
 def test_warmup_longer_than_a_short_run_is_clamped_with_a_warning():
     t = load_config(None, ["train.max_steps=5", "train.warmup_steps=20"]).train
     assert [lr_at(s, t) for s in range(5)] == pytest.approx([t.lr * k / 5 for k in range(1, 6)])
