@@ -193,6 +193,7 @@ def test_bad_choice(override, key):
         (["train.max_nonfinite_steps=0"], "train.max_nonfinite_steps"),
         (["train.sample_interval=-1"], "train.sample_interval"),
         (["train.sample_length=0"], "train.sample_length"),
+        (["train.sample_interval=5", "train.sample_length=128"], "train.sample_length"),
         (["logging.wandb=true", "logging.wandb_project=''"], "logging.wandb_project"),
         (["train.eval_interval=10"], "train.eval_iters"),
         (["checkpoint.keep_last=0"], "checkpoint.keep_last"),

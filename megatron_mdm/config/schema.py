@@ -44,7 +44,7 @@ from megatron_mdm.config.choices import (
     ZeroStage,
 )
 from megatron_mdm.config.coerce import check_types
-from megatron_mdm.config.rules import check_fp8, check_layout
+from megatron_mdm.config.rules import check_fp8, check_layout, check_sampling
 
 __all__ = [
     "ChatTemplateConfig",
@@ -603,6 +603,7 @@ class ExperimentConfig:
         ):
             section.validate(self._fail)
         check_layout(self, self._fail)
+        check_sampling(self, self._fail)
         if self.train.precision == "fp8":
             check_fp8(self, self._fail)
 

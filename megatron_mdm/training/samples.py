@@ -40,6 +40,8 @@ def sample_texts(cfg: ExperimentConfig, module, tokenizer, mask_id: int, device,
     prompt_ids = tokenizer.encode(t.sample_prompt) if t.sample_prompt else []
     if cfg.model.objective == "arm" and not prompt_ids:
         prompt_ids = [tokenizer.eos_id]  # the ARM sampler needs one token to start from
+    # the model's positions: keep the prompt's end (config check: sample_length < seq_length)
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - (cfg.model.seq_length - t.sample_length)) :]
     prompt = torch.tensor([prompt_ids] * t.sample_count, dtype=torch.long, device=device)
     gen = keyed_generator(t.seed, "train-sample", step, device=str(device))
     was_training = module.training
