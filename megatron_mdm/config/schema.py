@@ -29,6 +29,8 @@ from megatron_mdm.config.choices import (
     DiffusionLoss,
     FP8GradFormat,
     FP8Recipe,
+    LRSchedule,
+    NonFinitePolicy,
     Objective,
     PadTo,
     Precision,
@@ -39,10 +41,11 @@ from megatron_mdm.config.choices import (
     TransformerImpl,
     TruncationPolicy,
     TSampling,
+    WandbMode,
     ZeroStage,
 )
 from megatron_mdm.config.coerce import check_types
-from megatron_mdm.config.rules import check_fp8, check_layout
+from megatron_mdm.config.rules import check_fp8, check_layout, check_sampling
 
 __all__ = [
     "ChatTemplateConfig",
@@ -308,9 +311,16 @@ class TrainConfig:
     min_lr: float = 2e-5
     """Learning rate at the end of the cosine decay (and after it)."""
     warmup_steps: int = 0
-    """Linear warmup from 0 to lr."""
+    """Linear warmup from 0 to lr; longer than the decay (a short run) is clamped to it, with a
+    warning at start-up."""
+    lr_schedule: LRSchedule = "cosine"
+    """After warmup: cosine (decay to min_lr by lr_decay_steps, SMDM); wsd (warmup-stable-decay,
+    LLaDA: lr until the last lr_decay_fraction of the post-warmup steps, then linear to min_lr);
+    constant (lr to the end). Formulas: docs/design.md §10."""
     lr_decay_steps: int | None = None
-    """Step at which the cosine decay reaches min_lr; None: decay over the whole run."""
+    """Step at which the decay (cosine or wsd) reaches min_lr; None: the end of the run."""
+    lr_decay_fraction: float = 0.1
+    """wsd only: the share of the steps between warmup and lr_decay_steps spent decaying."""
     weight_decay: float = 0.1
     """AdamW decoupled weight decay; not applied to 1-D parameters (norms)."""
     grad_clip: float = 1.0
@@ -338,10 +348,30 @@ class TrainConfig:
     this step); None: delayed with Transformer Engine, current with the local FP8 layers."""
     fp8_grad_format: FP8GradFormat = "e5m2"
     """precision=fp8 format of output gradients: e5m2 (more range) or e4m3 (more precision)."""
+    nonfinite: NonFinitePolicy = "skip"
+    """A step whose loss or gradient norm is inf/NaN: skip (no optimizer update, counted in the
+    metrics; the run stops after max_nonfinite_steps in a row) or stop (at the first one). Either
+    way no checkpoint with non-finite weights is written."""
+    max_nonfinite_steps: int = 10
+    """nonfinite=skip: this many non-finite steps in a row stop the run (naming the step)."""
+    sample_interval: int = 0
+    """Steps between a few samples from sample_prompt written to samples.jsonl and TensorBoard
+    (rank 0, TP = PP = 1 and ZeRO < 3 only); 0: off."""
+    sample_prompt: str = "The "
+    """The fixed prompt of the training-time samples."""
+    sample_length: int = 32
+    """Tokens generated per training-time sample (one block, one token revealed per step)."""
+    sample_count: int = 2
+    """Samples per sample_interval (keyed by seed, step and index: reproducible)."""
 
     @property
     def decay_steps(self) -> int:
         return self.max_steps if self.lr_decay_steps is None else self.lr_decay_steps
+
+    @property
+    def effective_warmup(self) -> int:
+        """warmup_steps, clamped to the decay end (a run shorter than its warmup)."""
+        return min(self.warmup_steps, self.decay_steps)
 
     def validate(self, fail: Fail) -> None:
         """Ranges of every number, then the schedule and batch arithmetic."""
@@ -362,6 +392,11 @@ class TrainConfig:
         positive(fail, "train.adam_eps", self.adam_eps)
         within(fail, "train.adam_beta1", self.adam_beta1)
         within(fail, "train.adam_beta2", self.adam_beta2)
+        within(fail, "train.lr_decay_fraction", self.lr_decay_fraction, closed=True)
+        positive(fail, "train.max_nonfinite_steps", self.max_nonfinite_steps)
+        non_negative(fail, "train.sample_interval", self.sample_interval)
+        positive(fail, "train.sample_length", self.sample_length)
+        positive(fail, "train.sample_count", self.sample_count)
         self._check_schedule(fail)
         if not self.output_dir:
             fail("train.output_dir", "must not be empty")
@@ -375,16 +410,6 @@ class TrainConfig:
             )
         if self.min_lr > self.lr:
             fail("train.min_lr", f"{self.min_lr} is larger than train.lr = {self.lr}")
-        if self.warmup_steps > self.max_steps:
-            fail(
-                "train.warmup_steps",
-                f"{self.warmup_steps} is larger than train.max_steps = {self.max_steps}",
-            )
-        if self.warmup_steps > self.decay_steps:
-            fail(
-                "train.warmup_steps",
-                f"{self.warmup_steps} is larger than train.lr_decay_steps = {self.decay_steps}",
-            )
         if self.eval_interval > 0 and self.eval_iters < 1:
             fail("train.eval_iters", "must be >= 1 when train.eval_interval > 0")
 
@@ -423,14 +448,23 @@ class LoggingConfig:
     progress: bool = True
     """Show a progress bar on the logging rank."""
     peak_tflops: float | None = None
-    """Per-GPU peak TFLOP/s, the denominator of MFU; None: MFU is not reported."""
+    """Per-device peak TFLOP/s, the denominator of MFU; None: a known GPU's dense bf16 peak, and
+    on CPUs or unknown GPUs MFU is n/a (null)."""
+    wandb: bool = False
+    """Also log the metrics (and samples) to Weights & Biases; needs the wandb package."""
+    wandb_project: str = "megatron-mdm"
+    """The W&B project; the run is named after train.output_dir and resumes with it."""
+    wandb_mode: WandbMode = "online"
+    """online, or offline (files under <output_dir>/wandb, uploaded later by `wandb sync`)."""
 
     def validate(self, fail: Fail) -> None:
-        """A positive log interval and peak."""
+        """A positive log interval and peak, a W&B project name."""
         if self.interval < 1:
             fail("logging.interval", f"must be >= 1, got {self.interval}")
         finite(fail, "logging.peak_tflops", self.peak_tflops)
         positive(fail, "logging.peak_tflops", self.peak_tflops)
+        if self.wandb and not self.wandb_project:
+            fail("logging.wandb_project", "must not be empty when logging.wandb is on")
 
 
 @dataclass
@@ -585,6 +619,7 @@ class ExperimentConfig:
         ):
             check(self._fail)
         check_layout(self, self._fail)
+        check_sampling(self, self._fail)
         if self.train.precision == "fp8":
             check_fp8(self, self._fail)
 
