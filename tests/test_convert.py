@@ -232,17 +232,18 @@ def test_adam_state_from_zero2_shards_matches_zero0(runs):
 
 
 def test_layout_change_with_adam_state_continues_the_uninterrupted_run(runs, tmp_path):
-    """TP=2 -> (reshard with Adam state) -> TP=1/PP=2 resumed at step 2: steps 3 and 4 match the
-    uninterrupted TP=2 run; a fresh optimizer (--weights-only) does not match at step 4."""
+    """TP=2 -> (reshard with Adam state) -> TP=1/PP=2 resumed at step 2, at ZeRO-0 (torch AdamW)
+    and ZeRO-1 (DeepSpeed's partitions): steps 3 and 4 match the uninterrupted TP=2 run; a fresh
+    optimizer (--weights-only, what reshard did before) does not match at step 4."""
     source = runs["tp2_long"] / "checkpoints" / "step_0000002"
-    losses = {}
     for kept, extra in (("adam", []), ("fresh", ["--weights-only"])):
-        moved = tmp_path / f"pp2-{kept}"
         proc = convert(
-            "reshard", str(source), str(moved), "--tensor", "1", "--pipeline", "2", *extra
+            "reshard", str(source), str(tmp_path / kept), "--tensor", "1", "--pipeline", "2", *extra
         )
         assert ("weights and Adam state" in proc.stdout) == (kept == "adam")
-        out = tmp_path / f"cont-{kept}"
+    metrics = {}
+    for name, kept, zero in (("zero0", "adam", 0), ("zero1", "adam", 1), ("fresh", "fresh", 0)):
+        out = tmp_path / f"cont-{name}"
         proc = run_mdm(
             [
                 "train",
@@ -250,17 +251,20 @@ def test_layout_change_with_adam_state_continues_the_uninterrupted_run(runs, tmp
                 *TRAIN,
                 "train.max_steps=4",
                 "parallel.pipeline=2",
-                f"checkpoint.resume={moved}",
+                f"parallel.zero_stage={zero}",
+                f"checkpoint.resume={tmp_path / kept}",
                 f"train.output_dir={out}",
             ],
             nproc=2,
         )
         assert "at step 2" in proc.stdout + proc.stderr
-        losses[kept] = read_metrics(out)
+        metrics[name] = read_metrics(out)
     straight = read_metrics(runs["tp2_long"])[2:]
-    assert [r["step"] for r in losses["adam"]] == [r["step"] for r in straight] == [3, 4]
-    for ours, ref in zip(losses["adam"], straight):
-        assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5), ours["step"]
-        assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), ours["step"]
-    fresh = losses["fresh"][1]  # step 4: after one step with a fresh Adam
+    assert [r["step"] for r in straight] == [3, 4]
+    for name in ("zero0", "zero1"):
+        assert [r["step"] for r in metrics[name]] == [3, 4]
+        for ours, ref in zip(metrics[name], straight):
+            assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5), (name, ours["step"])
+            assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), (name, ours)
+    fresh = metrics["fresh"][1]  # step 4: after one step with a fresh Adam
     assert fresh["grad_norm"] != pytest.approx(straight[1]["grad_norm"], rel=1e-2)
