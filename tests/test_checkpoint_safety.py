@@ -217,6 +217,38 @@ def test_a_layout_change_on_resume_fails_at_once_with_the_reshard_command(run, t
     assert len(read_metrics(moved)) == len(read_metrics(run))
 
 
+def test_what_counts_as_a_layout_change():
+    """TP, PP and the ZeRO family always; DP only where ZeRO partitions the optimizer."""
+    from megatron_mdm.checkpointing.run_dir import Layout, layout_change
+
+    saved = Layout(tensor=2, pipeline=1, data=2, zero_stage=1)
+    same = [Layout(2, 1, 2, 2)]  # ZeRO-1 <-> 2 share a file format
+    changed = [Layout(1, 2, 2, 1), Layout(2, 1, 4, 1), Layout(2, 1, 2, 0), Layout(2, 1, 2, 3)]
+    assert not any(layout_change(saved, wanted) for wanted in same)
+    assert all(layout_change(saved, wanted) for wanted in changed)
+    assert not layout_change(Layout(1, 1, 1, 0), Layout(1, 1, 4, 0))  # ZeRO-0: DP is free
+    assert not layout_change(Layout(2, 1, None, 1), saved)  # DP not recorded: not judged
+
+
+def test_a_resharded_adam_state_is_refused_where_it_cannot_be_restored():
+    from megatron_mdm.config import ConfigError, load_config
+    from megatron_mdm.training.loop import _check_adam_target
+
+    for overrides, ok in (
+        ([], True),
+        (["parallel.zero_stage=1", "train.precision=bf16"], True),
+        (["train.precision=bf16"], False),  # DeepSpeed's unfused bf16 optimizer at ZeRO-0
+        (["parallel.zero_stage=3"], False),
+    ):
+        cfg = load_config(QUICKSTART, overrides)
+        _check_adam_target(cfg, "ckpt", with_adam=False)  # weights only: any engine
+        if ok:
+            _check_adam_target(cfg, "ckpt", with_adam=True)
+        else:
+            with pytest.raises(ConfigError, match="--weights-only"):
+                _check_adam_target(cfg, "ckpt", with_adam=True)
+
+
 def test_reshard_repads_the_vocabulary_for_the_target_tp(run, tmp_path):
     from megatron_mdm.checkpointing.canonical import load_canonical
 

@@ -34,7 +34,7 @@ from megatron_mdm.checkpointing.run_dir import (
     read_meta,
     tag_for,
 )
-from megatron_mdm.checkpointing.safe_load import check_checkpoint
+from megatron_mdm.checkpointing.safe_load import check_checkpoint, load_tensors
 from megatron_mdm.config import ExperimentConfig, to_dict
 from megatron_mdm.utils import atomic_write_text
 
@@ -114,7 +114,7 @@ def load_checkpoint(engine, ckpt_dir: Path, ctx) -> ResumeState:
         raise CheckpointError(f"{ckpt_dir}: DeepSpeed could not load this checkpoint")
     rng_file = ckpt_dir / f"rng_rank_{ctx.rank:05d}.pt"
     if rng_file.exists():
-        rng = torch.load(rng_file, weights_only=True)
+        rng = load_tensors(rng_file, mmap=False)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])

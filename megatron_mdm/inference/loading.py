@@ -13,10 +13,10 @@ so samplers and evaluators never care where the weights came from:
 
 Samplers with a key/value cache (ARM decoding, Fast-dLLM) need a model that takes cached keys and
 values; megatron-core's GPTModel has no such interface. `cached_model` is therefore always the
-shipped plain-torch `MDMForMaskedLM` (convert/hf_modeling/modeling_mdm.py): the exported folder's
-own model for `--hf`, and for `--ckpt` the same class built on demand from the gathered weights
-through the `hf` export mapping (`convert.layouts.to_hf`), sharing the megatron model's tensors
-where the mapping does not cut them. Both sources thus run one cached implementation.
+installed plain-torch `MDMForMaskedLM` (convert/hf_modeling/modeling_mdm.py): the `--hf` model
+itself (the folder's weights), and for `--ckpt` the same class built on demand from the gathered
+weights through the `hf` export mapping (`convert.layouts.to_hf`), sharing the megatron model's
+tensors where the mapping does not cut them. Both sources thus run one cached implementation.
 
 Bad paths are one line (`ModelLoadError`), never a traceback from inside a library.
 """

@@ -53,6 +53,17 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
 
 
+def _check_adam_target(cfg: ExperimentConfig, resume_from, with_adam: bool) -> None:
+    if with_adam and not adam_restore.supported(cfg):
+        raise ConfigError(
+            f"{resume_from} holds a resharded Adam state, which resumes at "
+            "parallel.zero_stage 1 or 2 (any precision) or 0 (fp32); reshard it again with "
+            "--weights-only to resume here with a fresh optimizer",
+            source=cfg.source,
+            key="checkpoint.resume",
+        )
+
+
 class _Window:
     """Tokens and FLOPs since the last logged step, and when that window started."""
 
@@ -75,23 +86,16 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         resume_from = run_dir.find_resume_checkpoint(cfg)
         resume_meta = run_dir.read_meta(resume_from) if resume_from is not None else {}
-        if resume_from is not None:  # before anything is built: a layout change fails now
+        weights_only = bool(resume_meta.get("weights_only"))
+        with_adam = weights_only and bool(resume_meta.get("optimizer_state"))
+        if resume_from is not None:  # before anything is built: what cannot resume fails now
             run_dir.check_resume_layout(cfg, resume_from, resume_meta, ctx.dp_size)
+            _check_adam_target(cfg, resume_from, with_adam)
         self.tokenizer = build_tokenizer(cfg.data.tokenizer.type, cfg.data.tokenizer.model)
         self.vocab = _vocab(cfg, self.tokenizer, ctx.tp_size)
         self.batches = batch_source(cfg, ctx, self.tokenizer, self.vocab)
         self.loss_fn = loss_for(cfg, self.batches.kind)
         model = build_model(cfg, self.vocab, ctx.on_gpu).to(ctx.device)
-        weights_only = bool(resume_meta.get("weights_only"))
-        with_adam = weights_only and bool(resume_meta.get("optimizer_state"))
-        if with_adam and not adam_restore.supported(cfg):
-            raise ConfigError(
-                f"{resume_from} holds a resharded Adam state, which resumes at "
-                "parallel.zero_stage 1 or 2 (any precision) or 0 (fp32); reshard it again with "
-                "--weights-only to resume here with a fresh optimizer",
-                source=cfg.source,
-                key="checkpoint.resume",
-            )
         if weights_only:
             self._load_weights(model, resume_from)
         elif resume_from is None and cfg.train.init_from:
