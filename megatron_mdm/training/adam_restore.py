@@ -48,7 +48,9 @@ def _restore_torch(optimizer, model, local: dict, step: int) -> None:
 def _restore_zero(optimizer, model, local: dict, step: int, where: str) -> None:
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
+    # ZeRO-1/2's flat fp32 partitions (DeepSpeed's BF16_Optimizer names them differently).
     flats = getattr(optimizer, "single_partition_of_fp32_groups", None)
+    flats = flats if flats is not None else getattr(optimizer, "fp32_groups_flat_partition", None)
     if flats is None or not hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
         raise CheckpointError(f"{where}: this DeepSpeed optimizer cannot take a resharded state")
     for flat in flats:
