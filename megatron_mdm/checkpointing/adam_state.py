@@ -9,6 +9,8 @@ Sources, read through `safe_load`'s gate only:
   unfused bf16 optimizer's (`optimizer_state_dict` plus per-parameter `fp32_groups`), indexed by
   parameter position in the two parameter groups `training.engine.parameter_groups` builds
   (matrices with weight decay, then 1-D norms without), in module order; every shape is checked.
+  The unfused bf16 optimizer steps once at start-up with zero gradients, so its Adam step is one
+  more than the training step; it is carried as it is (it is what its bias correction uses).
 - ZeRO-1/2 (and offload): each data-parallel shard holds flat fp32 and moment partitions and
   `param_slice_mappings` (name -> start and length of its piece); pieces joined in
   data-parallel order and reshaped by the model-states file's `param_shapes` give each tensor,
