@@ -138,22 +138,38 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any, **dump_options: A
     atomic_write_text(path, json.dumps(data, **dump_options) + "\n")
 
 
+def _apply_umask(root: Path) -> None:
+    """Give `root` and everything below it the mode a new folder / file gets under the umask
+    (executables keep their execute bits); links are left alone."""
+    mask = _current_umask()
+    root.chmod(0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if path.is_symlink():
+                continue
+            full = 0o777 if path.is_dir() or path.stat().st_mode & 0o100 else 0o666
+            path.chmod(full & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(
     out_dir: str | os.PathLike[str], *, exists_error: type[Exception] | None = None
 ) -> Iterator[Path]:
     """Yield an empty staging folder beside ``out_dir``; rename it to ``out_dir`` on success,
     remove it on failure. ``out_dir`` must not exist yet: ``exists_error`` (default
-    :class:`MDMError`) is raised naming it. The folder gets the permissions a plain ``mkdir``
-    would (``tempfile.mkdtemp`` makes it 0700, which would lock colleagues out of an export)."""
+    :class:`MDMError`) is raised naming it. Everything in it ends with the permissions a plain
+    ``mkdir``/``open`` gives under the caller's umask: ``tempfile.mkdtemp`` makes the folder 0700,
+    and writers such as safetensors (0600) or a copy of a private file would otherwise lock
+    colleagues out of an export."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise (exists_error or MDMError)(f"{out_dir}: already exists (refusing to overwrite)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
     try:
-        staging.chmod(0o777 & ~_current_umask())
         yield staging
+        _apply_umask(staging)
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

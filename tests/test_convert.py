@@ -59,6 +59,8 @@ def runs(tmp_path_factory):
         ("tp2", ["parallel.tensor=2"], 2),
         ("zero3", ["parallel.zero_stage=3"], 2),
         ("zero2", ["parallel.zero_stage=2"], 2),
+        # 4 steps with a checkpoint at step 2: the uninterrupted reference of a layout change.
+        ("tp2_long", ["parallel.tensor=2", "train.max_steps=4", "checkpoint.save_interval=2"], 2),
     ]:
         out[name] = root / name
         run_mdm(["train", QUICKSTART, *TRAIN, *extra, f"train.output_dir={out[name]}"], nproc=nproc)
@@ -153,29 +155,14 @@ def test_zero_shards_export_the_zero0_weights(runs):
             torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-4)
 
 
-def test_reshard_then_train_on_at_another_layout(runs, tmp_path):
+def test_reshard_keeps_the_weights_exactly(runs, tmp_path):
     resharded = tmp_path / "pp2"
     convert("reshard", str(runs["tp2"]), str(resharded), "--tensor", "1", "--pipeline", "2")
     convert("export", str(resharded), str(tmp_path / "a"), "--format", "hf", "--dtype", "fp32")
     convert("export", str(runs["tp2"]), str(tmp_path / "b"), "--format", "hf", "--dtype", "fp32")
     a, b = tensors_of(tmp_path / "a"), tensors_of(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # Continue training from the weights-only PP=2 checkpoint (fresh optimizer, step 2 -> 3).
-    cont = tmp_path / "cont"
-    proc = run_mdm(
-        [
-            "train",
-            QUICKSTART,
-            *TRAIN,
-            "train.max_steps=3",
-            "parallel.pipeline=2",
-            f"checkpoint.resume={resharded}",
-            f"train.output_dir={cont}",
-        ],
-        nproc=2,
-    )
-    assert "at step 2 (weights only" in proc.stdout + proc.stderr
-    assert [r["step"] for r in read_metrics(cont)] == [3]
+    # Training on from it: test_layout_change_with_adam_state_continues_the_uninterrupted_run.
 
 
 def test_init_from_exported_folder(runs, tmp_path):
@@ -225,3 +212,59 @@ def test_bad_inputs_are_one_line_errors_and_leave_nothing(runs, tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "model.embed_tokens.weight" in proc.stderr or "hidden_size" in proc.stderr
     assert not out.exists()
+
+
+def test_adam_state_from_zero2_shards_matches_zero0(runs):
+    """ZeRO-2 at DP=2 splits parameters across ranks' flat partitions; read back into the
+    canonical form they match ZeRO-0's torch optimizer state (plain per-parameter tensors)."""
+    from megatron_mdm.checkpointing.adam_state import ADAM_KEYS, load_adam_state
+
+    ref, _, _ = load_adam_state(runs["ref"])
+    got, _, _ = load_adam_state(runs["zero2"])
+    assert ref.step == got.step == 2
+    assert set(got.master) == set(ref.master)
+    for name in ref.master:  # as in test_zero_shards_export_the_zero0_weights
+        torch.testing.assert_close(got.master[name], ref.master[name], rtol=1e-4, atol=1e-4)
+        for key in ADAM_KEYS:
+            ours, theirs = got.moments[key][name], ref.moments[key][name]
+            scale = theirs.abs().max().item() + 1e-30
+            assert (ours - theirs).abs().max().item() <= 1e-3 * scale, (name, key)
+
+
+def test_layout_change_with_adam_state_continues_the_uninterrupted_run(runs, tmp_path):
+    """TP=2 -> (reshard with Adam state) -> TP=1/PP=2 resumed at step 2, at ZeRO-0 (torch AdamW)
+    and ZeRO-1 (DeepSpeed's partitions): steps 3 and 4 match the uninterrupted TP=2 run; a fresh
+    optimizer (--weights-only, what reshard did before) does not match at step 4."""
+    source = runs["tp2_long"] / "checkpoints" / "step_0000002"
+    for kept, extra in (("adam", []), ("fresh", ["--weights-only"])):
+        proc = convert(
+            "reshard", str(source), str(tmp_path / kept), "--tensor", "1", "--pipeline", "2", *extra
+        )
+        assert ("weights and Adam state" in proc.stdout) == (kept == "adam")
+    metrics = {}
+    for name, kept, zero in (("zero0", "adam", 0), ("zero1", "adam", 1), ("fresh", "fresh", 0)):
+        out = tmp_path / f"cont-{name}"
+        proc = run_mdm(
+            [
+                "train",
+                QUICKSTART,
+                *TRAIN,
+                "train.max_steps=4",
+                "parallel.pipeline=2",
+                f"parallel.zero_stage={zero}",
+                f"checkpoint.resume={tmp_path / kept}",
+                f"train.output_dir={out}",
+            ],
+            nproc=2,
+        )
+        assert "at step 2" in proc.stdout + proc.stderr
+        metrics[name] = read_metrics(out)
+    straight = read_metrics(runs["tp2_long"])[2:]
+    assert [r["step"] for r in straight] == [3, 4]
+    for name in ("zero0", "zero1"):
+        assert [r["step"] for r in metrics[name]] == [3, 4]
+        for ours, ref in zip(metrics[name], straight):
+            assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5), (name, ours["step"])
+            assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), (name, ours)
+    fresh = metrics["fresh"][1]  # step 4: after one step with a fresh Adam
+    assert fresh["grad_norm"] != pytest.approx(straight[1]["grad_norm"], rel=1e-2)

@@ -366,3 +366,17 @@ def test_exported_logits_match_training_model(trained_like_model, fmt):
             assert not back[key][shape.n_vocab :].any(), key
         else:
             assert torch.equal(back[key], value), key
+
+
+@pytest.mark.parametrize("fmt", ["hf", "llada", "smdm"])
+def test_config_json_names_only_code_files_the_export_ships(fmt):
+    """`auto_map` entries point at `module.Class`; each module must be a file the exporter copies
+    (`Layout.code_files`): LLaDA's modeling code is not ours to ship, so `llada` names none."""
+    layout = LAYOUTS[fmt]
+    config = layout.config_json(SHAPE, {"tokenizer_size": 100, "mask_id": 100})
+    entries = config.get("auto_map", {}).values()
+    modules = {f"{entry.split('.')[0]}.py" for entry in entries}
+    shipped = {path.name for path in layout.code_files}
+    assert modules <= shipped, modules - shipped
+    assert all(path.is_file() for path in layout.code_files)
+    assert bool(shipped) == (fmt == "hf")

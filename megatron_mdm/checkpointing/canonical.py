@@ -2,11 +2,11 @@
 
 Reading gathers every TP shard and PP stage of a DeepSpeed checkpoint written by `mdm train`
 into the canonical state dict: the TP=1, PP=1 megatron-core names and shapes (`model.sharding`
-knows how each tensor is split). Model-state files load with `torch.load(weights_only=True)`.
-`--fp32-master` (and any ZeRO-3 checkpoint, whose module files hold no weights) reads the fp32
-master weights from the ZeRO shards through DeepSpeed's own `zero_to_fp32`, one model-parallel
-rank at a time, after checking with a weights-only load that the shards hold nothing but tensors,
-containers and three known DeepSpeed data classes (DeepSpeed's own reader unpickles freely).
+knows how each tensor is split). Every file of the checkpoint first passes `safe_load`'s gate
+(a weights-only load with an explicit allow-list of DeepSpeed data classes). `--fp32-master` (and
+any ZeRO-3 checkpoint, whose module files hold no weights) reads the fp32 master weights from the
+ZeRO shards through DeepSpeed's own `zero_to_fp32`, one model-parallel rank at a time; that
+reader unpickles freely, which is why the gate runs first.
 
 Writing produces a weights-only checkpoint at any TP/PP (`mdm convert import`/`reshard`), in the
 same file layout, which `checkpoint.resume=PATH` and `train.init_from=PATH` accept.
@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -30,10 +31,15 @@ from megatron_mdm.checkpointing.run_dir import (
     read_meta,
     tag_for,
 )
+from megatron_mdm.checkpointing.safe_load import check_checkpoint, load_tensors
 from megatron_mdm.config import from_dict
 from megatron_mdm.convert import layouts
 from megatron_mdm.model import sharding
+from megatron_mdm.model.vocab import VocabLayout
 from megatron_mdm.utils import atomic_directory
+
+if TYPE_CHECKING:
+    from megatron_mdm.checkpointing.adam_state import AdamState
 
 MODEL_STATES = "mp_rank_{:02d}_model_states.pt"
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
@@ -42,28 +48,6 @@ _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 def model_parallel_rank(pp_rank: int, tp_rank: int, tp: int) -> int:
     """DeepSpeed names model-state files by this rank (see `parallel.mpu.MegatronMPU`)."""
     return pp_rank * tp + tp_rank
-
-
-def _zero_shard_globals() -> list:
-    """The non-tensor classes DeepSpeed pickles into ZeRO optimizer shards: plain data (an enum,
-    the loss-scaler settings, fragment addresses). Allowing exactly these keeps the unpickler
-    closed to anything else."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [ZeroStageEnum, LossScaler, fragment_address]
-
-
-def _load_tensors(path: Path, allowed_globals: list = ()) -> dict:
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing shard")
-    try:
-        with torch.serialization.safe_globals(list(allowed_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot be read as tensors ({first})") from None
 
 
 def _layers_per_stage(meta: dict) -> int:
@@ -75,7 +59,7 @@ def _module_states(ckpt: Path, meta: dict) -> list[list[dict]]:
     tp, pp = meta["parallel"]["tensor"], meta["parallel"]["pipeline"]
     return [
         [
-            _load_tensors(ckpt / MODEL_STATES.format(model_parallel_rank(p, t, tp)))["module"]
+            load_tensors(ckpt / MODEL_STATES.format(model_parallel_rank(p, t, tp)))["module"]
             for t in range(tp)
         ]
         for p in range(pp)
@@ -99,10 +83,6 @@ def _fp32_master_states(ckpt: Path, meta: dict) -> list[list[dict]]:
                     f"{ckpt}: no ZeRO optimizer shards for model-parallel rank {mp} "
                     "(--fp32-master needs a checkpoint trained with parallel.zero_stage >= 1)"
                 )
-            # DeepSpeed's reader unpickles freely: first prove each shard holds only tensors,
-            # containers and the few DeepSpeed data classes above.
-            for f in optim:
-                _load_tensors(f, _zero_shard_globals())
             with tempfile.TemporaryDirectory() as staging:
                 tag_dir = Path(staging) / "tag"
                 tag_dir.mkdir()
@@ -117,11 +97,19 @@ def load_canonical(path: str | Path, fp32_master: bool = False) -> tuple[dict, d
     """(canonical state dict, meta, checkpoint dir) of a training checkpoint."""
     ckpt = find_checkpoint(path)
     meta = read_meta(ckpt)
+    # DeepSpeed's zero_to_fp32 unpickles freely: every file goes through the gate first.
+    check_checkpoint(ckpt)
     zero3 = meta["config"]["parallel"]["zero_stage"] == 3 and not meta.get("weights_only")
     if fp32_master or zero3:
         states = _fp32_master_states(ckpt, meta)
     else:
         states = _module_states(ckpt, meta)
+    return gather(states, meta, ckpt), meta, ckpt
+
+
+def gather(states: list[list[dict]], meta: dict, ckpt: Path) -> dict[str, torch.Tensor]:
+    """[pp][tp] local state dicts -> the canonical dict: TP shards joined (`model.sharding`),
+    each stage's layers renumbered to global ones."""
     offset = _layers_per_stage(meta)
     full: dict[str, torch.Tensor] = {}
     for p, stage in enumerate(states):
@@ -136,7 +124,7 @@ def load_canonical(path: str | Path, fp32_master: bool = False) -> tuple[dict, d
                     )
                 shards.append(rank_state[name])
             full[sharding.global_name(name, p * offset)] = sharding.unshard(name, shards)
-    return full, meta, ckpt
+    return full
 
 
 def check_canonical_shapes(canonical: dict, shape, padded_vocab: int, where: str) -> None:
@@ -177,6 +165,25 @@ def shard_for_rank(
     return local
 
 
+_VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
+
+
+def repad_vocab(canonical: dict, vocab: VocabLayout, padded_size: int) -> dict:
+    """`canonical` with the embedding and output layer cut to the real rows (tokenizer ids and
+    `[MASK]`) and zero-padded to `padded_size`: the padding rows are never embedded or
+    predicted, so only their count changes."""
+    if padded_size == vocab.padded_size:
+        return canonical
+    needed = max(vocab.tokenizer_size, vocab.mask_id + 1)
+    out = dict(canonical)
+    for name in _VOCAB_ROWS:
+        if name in out:
+            rows = out[name][:needed]
+            pad = rows.new_zeros(padded_size - needed, *rows.shape[1:])
+            out[name] = torch.cat([rows, pad], dim=0)
+    return out
+
+
 def write_weights_checkpoint(
     canonical: dict,
     meta: dict,
@@ -185,11 +192,15 @@ def write_weights_checkpoint(
     pp: int,
     progress=None,
     populate=None,
+    adam: AdamState | None = None,
 ) -> Path:
-    """A weights-only training checkpoint at TP=tp, PP=pp under `out_dir/checkpoints/`.
+    """A weights-only training checkpoint at TP=tp, PP=pp under `out_dir/checkpoints/`; with
+    `adam` (whose `master` weights are then `canonical`) each rank's file also holds its slice
+    of Adam's moments and the step (`optimizer_state: true` in meta.yaml).
 
     The folder is built under a temporary name next to `out_dir` and renamed into place, so a
-    failure leaves nothing under the final name."""
+    failure leaves nothing under the final name. The vocabulary rows are re-padded to what the
+    target TP trains with (`repad_vocab`)."""
     out_dir = Path(out_dir)
     config = dict(meta["config"])
     config["parallel"] = {**config["parallel"], "tensor": tp, "pipeline": pp}
@@ -199,22 +210,41 @@ def write_weights_checkpoint(
     cfg = from_dict(config, source=str(out_dir))  # validates tp/pp against the model
     num_layers = cfg.model.num_layers
     step = int(meta.get("step", 0))
+    # The vocabulary padding the new layout trains with (a multiple of lcm(divisible_by, TP)),
+    # so every TP shard is even and the resumed model's shapes match.
+    source_vocab = VocabLayout(**meta["vocab"])
+    vocab = VocabLayout.build(
+        source_vocab.tokenizer_size,
+        source_vocab.mask_id,
+        cfg.model.make_vocab_size_divisible_by,
+        tp,
+    )
+    canonical = repad_vocab(canonical, source_vocab, vocab.padded_size)
+    moments = {}
+    if adam is not None:
+        moments = {
+            k: repad_vocab(m, source_vocab, vocab.padded_size) for k, m in adam.moments.items()
+        }
     with atomic_directory(out_dir, exists_error=CheckpointError) as staging:
         tag_dir = staging / "checkpoints" / tag_for(step)
         tag_dir.mkdir(parents=True)
         for p in range(pp):
             for t in range(tp):
-                local = shard_for_rank(canonical, t, tp, p, pp, num_layers)
-                torch.save(
-                    {"module": local}, tag_dir / MODEL_STATES.format(model_parallel_rank(p, t, tp))
-                )
+                saved = {"module": shard_for_rank(canonical, t, tp, p, pp, num_layers)}
+                if adam is not None:
+                    saved["adam"] = {"step": adam.step}
+                    for key, moment in moments.items():
+                        saved["adam"][key] = shard_for_rank(moment, t, tp, p, pp, num_layers)
+                torch.save(saved, tag_dir / MODEL_STATES.format(model_parallel_rank(p, t, tp)))
                 if progress is not None:
                     progress.update(1)
         new_meta = {
             **meta,
             "config": config,
+            "vocab": {**meta["vocab"], "padded_size": vocab.padded_size},
             "parallel": {"tensor": tp, "pipeline": pp},
             "weights_only": True,
+            "optimizer_state": adam is not None,
         }
         (tag_dir / META).write_text(yaml.safe_dump(new_meta, sort_keys=False))
         (staging / "checkpoints" / LATEST).write_text(tag_for(step))

@@ -1,9 +1,16 @@
 """Save and load a training checkpoint through the DeepSpeed engine, atomically.
 
-Save protocol (every rank takes part): rank 0 clears `.tmp-step_N/`; every rank has DeepSpeed
-write its model/optimizer shards there plus its own torch RNG state; rank 0 writes `meta.yaml`;
-after a barrier rank 0 renames the folder to `step_N/`, then rewrites `latest`, then prunes old
-checkpoints. A crash at any point leaves `latest` naming a complete checkpoint.
+Save protocol (every rank takes part): if `step_N/` already holds a complete checkpoint, nothing
+is written (a complete checkpoint is never rewritten: re-running a finished run would otherwise
+delete it before its copy is in place). Otherwise rank 0 clears `.tmp-step_N/`; every rank has
+DeepSpeed write its model/optimizer shards there plus its own torch RNG state; rank 0 writes
+`meta.yaml`; after a barrier rank 0 renames the folder to `step_N/` (an incomplete leftover under
+that name is first renamed aside, and removed only once the new one is in place), then rewrites
+`latest`, then prunes old checkpoints (never the one `latest` names). A crash at any point leaves
+`latest` naming a complete checkpoint.
+
+Load: DeepSpeed's loader unpickles freely, so every file this rank's loader will open first
+passes `safe_load`'s gate (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from megatron_mdm.checkpointing.canonical import model_parallel_rank
 from megatron_mdm.checkpointing.run_dir import (
     LATEST,
     META,
@@ -26,6 +34,7 @@ from megatron_mdm.checkpointing.run_dir import (
     read_meta,
     tag_for,
 )
+from megatron_mdm.checkpointing.safe_load import check_checkpoint, load_tensors
 from megatron_mdm.config import ExperimentConfig, to_dict
 from megatron_mdm.utils import atomic_write_text
 
@@ -53,9 +62,16 @@ def weights_are_finite(engine) -> bool:
     return bool(flag.item())
 
 
-def save_checkpoint(engine, cfg: ExperimentConfig, ctx, step: int, meta_extra: dict) -> Path:
+@dataclass
+class SaveResult:
+    path: Path
+    written: bool  # False: a complete checkpoint of this step was already there, left as it was
+
+
+def save_checkpoint(engine, cfg: ExperimentConfig, ctx, step: int, meta_extra: dict) -> SaveResult:
     """Save step `step` (every rank); never weights that are not finite (CheckpointError, with
-    nothing written: the newest checkpoint stays the newest finite one)."""
+    nothing written: the newest checkpoint stays the newest finite one), never over a complete
+    checkpoint of the same step."""
     if not weights_are_finite(engine):
         raise CheckpointError(
             f"step {step}: the model weights are not finite (inf/NaN); checkpoint not written "
@@ -63,6 +79,11 @@ def save_checkpoint(engine, cfg: ExperimentConfig, ctx, step: int, meta_extra: d
         )
     root = checkpoint_root(cfg)
     tag = tag_for(step)
+    final = root / tag
+    # Every rank sees the same answer: the folder only appears at the end of a save, after
+    # which all ranks pass a barrier.
+    if (final / META).exists():
+        return SaveResult(final, written=False)
     tmp_tag = TMP_PREFIX + tag
     if ctx.is_logging_rank:
         root.mkdir(parents=True, exist_ok=True)
@@ -80,19 +101,29 @@ def save_checkpoint(engine, cfg: ExperimentConfig, ctx, step: int, meta_extra: d
         meta = {"step": step, "weights_finite": True, "config": to_dict(cfg), **meta_extra}
         atomic_write_text(tmp_dir / META, yaml.safe_dump(meta, sort_keys=False))
     _barrier()
-    final = root / tag
     if ctx.is_logging_rank:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp_dir, final)
+        _move_into_place(tmp_dir, final)
         atomic_write_text(root / LATEST, tag)
         prune(root, cfg.checkpoint.keep_last)
     _barrier()
-    return final
+    return SaveResult(final, written=True)
+
+
+def _move_into_place(tmp_dir: Path, final: Path) -> None:
+    """Rename the complete `tmp_dir` to `final`. Whatever holds `final` (never a complete
+    checkpoint: those are not rewritten) is renamed aside first and removed only afterwards."""
+    aside = None
+    if final.exists():
+        aside = final.with_name(f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
+        os.replace(final, aside)
+    os.replace(tmp_dir, final)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_checkpoint(engine, ckpt_dir: Path, ctx) -> ResumeState:
     meta = read_meta(ckpt_dir)
+    check_checkpoint(ckpt_dir, model_parallel_rank(ctx.pp_rank, ctx.tp_rank, ctx.tp_size))
     load_path, _ = engine.load_checkpoint(
         str(ckpt_dir.parent),
         tag=ckpt_dir.name,
@@ -103,7 +134,7 @@ def load_checkpoint(engine, ckpt_dir: Path, ctx) -> ResumeState:
         raise CheckpointError(f"{ckpt_dir}: DeepSpeed could not load this checkpoint")
     rng_file = ckpt_dir / f"rng_rank_{ctx.rank:05d}.pt"
     if rng_file.exists():
-        rng = torch.load(rng_file, weights_only=True)
+        rng = load_tensors(rng_file, mmap=False)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])

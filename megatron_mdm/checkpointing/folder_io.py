@@ -87,11 +87,15 @@ def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def write_tokenizer(folder: Path, tokenizer_meta: dict) -> None:
-    """Copy the tokenizer's files and describe it in `mdm_tokenizer.json` for our loaders."""
+    """Copy the tokenizer's files and describe it in `mdm_tokenizer.json` for our loaders.
+
+    Contents only (`copyfile`): the copies get the permissions of any new file under the
+    caller's umask, not the source's (a 0600 file in someone's cache must not lock colleagues
+    out of an export)."""
     tok = build_tokenizer(tokenizer_meta["type"], tokenizer_meta.get("model"))
     copied = []
     for src in tok.files():
-        shutil.copy2(src, folder / Path(src).name)
+        shutil.copyfile(src, folder / Path(src).name)
         copied.append(Path(src).name)
     model = None
     if tokenizer_meta["type"] == "sentencepiece" and copied:

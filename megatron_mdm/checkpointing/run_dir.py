@@ -13,6 +13,7 @@ and renamed, see `deepspeed_io`), so anything `latest` names or a `meta.yaml` ma
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -82,6 +83,74 @@ def find_resume_checkpoint(cfg: ExperimentConfig) -> Path | None:
     return found
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What DeepSpeed needs unchanged to load a checkpoint's shards as they are. `data` matters
+    only when ZeRO partitions the optimizer over data-parallel ranks (stage >= 1)."""
+
+    tensor: int
+    pipeline: int
+    data: int | None  # None: not recorded (checkpoints from before it was)
+    zero_stage: int
+
+    def describe(self) -> str:
+        dp = f" DP={self.data}" if self.data is not None and self.zero_stage > 0 else ""
+        return f"TP={self.tensor} PP={self.pipeline}{dp} ZeRO-{self.zero_stage}"
+
+
+def saved_layout(ckpt_dir: Path, meta: dict) -> Layout:
+    parallel = meta.get("parallel") or meta["config"]["parallel"]
+    data = parallel.get("data")
+    zero_stage = int(meta["config"]["parallel"]["zero_stage"])
+    if data is None and zero_stage in (1, 2):  # one optimizer shard per data-parallel rank
+        data = len(list(Path(ckpt_dir).glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt"))) or None
+    return Layout(int(parallel["tensor"]), int(parallel["pipeline"]), data, zero_stage)
+
+
+def _zero_family(stage: int) -> int:
+    """ZeRO-1 and -2 share a file format; ZeRO-0 keeps the optimizer in the model states and
+    ZeRO-3 partitions the weights too."""
+    return {0: 0, 1: 1, 2: 1, 3: 3}[stage]
+
+
+def layout_change(saved: Layout, wanted: Layout) -> bool:
+    if (saved.tensor, saved.pipeline) != (wanted.tensor, wanted.pipeline):
+        return True
+    if _zero_family(saved.zero_stage) != _zero_family(wanted.zero_stage):
+        return True
+    partitioned = saved.zero_stage > 0
+    return partitioned and saved.data is not None and saved.data != wanted.data
+
+
+def _reshard_keeps(saved: Layout) -> str:
+    """What `mdm convert reshard` carries to the new layout (`checkpointing.adam_state`)."""
+    if saved.zero_stage == 3:
+        return "it keeps the weights, not the optimizer state of ZeRO-3 shards: Adam restarts"
+    return "it keeps the weights and the optimizer state: Adam's moments and step"
+
+
+def check_resume_layout(cfg: ExperimentConfig, ckpt_dir: Path, meta: dict, dp_size: int) -> None:
+    """A full checkpoint resumes only in the layout it was saved in (DeepSpeed loads its shards
+    as they are). Checked from meta.yaml before anything is built: a change is one line naming
+    both layouts and the `mdm convert reshard` command that writes a checkpoint for the new one."""
+    if meta.get("weights_only"):
+        return  # loaded through the canonical form, at any layout
+    par = cfg.parallel
+    wanted = Layout(par.tensor, par.pipeline, dp_size, par.zero_stage)
+    saved = saved_layout(ckpt_dir, meta)
+    if not layout_change(saved, wanted):
+        return
+    out = f"{Path(cfg.train.output_dir)}-tp{par.tensor}pp{par.pipeline}"
+    raise ConfigError(
+        f"{ckpt_dir} was saved at {saved.describe()}, this run is {wanted.describe()}: DeepSpeed "
+        f"cannot load it in another layout. Run `mdm convert reshard {ckpt_dir} {out} "
+        f"--tensor {par.tensor} --pipeline {par.pipeline}` and resume with "
+        f"checkpoint.resume={out} ({_reshard_keeps(saved)})",
+        source=cfg.source,
+        key="checkpoint.resume",
+    )
+
+
 def read_meta(ckpt_dir: Path) -> dict:
     path = Path(ckpt_dir) / META
     try:
@@ -116,10 +185,13 @@ def _checked_finite(ckpt_dir: Path) -> bool:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints, and never the newest one
-    whose weights were checked finite (older runs may have saved NaN weights after it)."""
+    """Delete all but the newest `keep_last` complete checkpoints; never the one `latest` names
+    (after a resume from an older step it need not be the newest), nor the newest one whose
+    weights were checked finite (older runs may have saved NaN weights after it)."""
     tags = complete_tags(root)
     newest_finite = next((p for p in reversed(tags) if _checked_finite(p)), None)
+    latest = root / LATEST
+    keep = latest.read_text().strip() if latest.exists() else None
     for old in tags[:-keep_last]:
-        if old != newest_finite:
+        if old != newest_finite and old.name != keep:
             shutil.rmtree(old)

@@ -2,7 +2,7 @@
 
     export  CKPT_DIR OUT_DIR --format hf|llada|smdm [--dtype bf16|fp32] [--fp32-master]
     import  SRC_DIR OUT_CKPT_DIR --format hf|llada|smdm --tensor N --pipeline M
-    reshard CKPT_DIR OUT_CKPT_DIR --tensor N --pipeline M
+    reshard CKPT_DIR OUT_CKPT_DIR --tensor N --pipeline M [--fp32-master] [--weights-only]
 
 Every command works on the canonical (TP=1, PP=1) state dict: read -> canonical -> write.
 """
@@ -19,15 +19,20 @@ import torch
 from tqdm import tqdm
 
 from megatron_mdm.checkpointing import folder_io
+from megatron_mdm.checkpointing.adam_state import has_adam_state, load_adam_state
 from megatron_mdm.checkpointing.canonical import (
     check_canonical_shapes,
     load_canonical,
     write_weights_checkpoint,
 )
-from megatron_mdm.checkpointing.run_dir import CheckpointError, vocab_from_meta
+from megatron_mdm.checkpointing.run_dir import (
+    CheckpointError,
+    find_checkpoint,
+    read_meta,
+    vocab_from_meta,
+)
 from megatron_mdm.config import from_dict, to_dict
 from megatron_mdm.convert import layouts
-from megatron_mdm.convert.hf_modeling import MODELING_FILES
 from megatron_mdm.data.tokenizers import build_tokenizer
 from megatron_mdm.inference.sampling_config import SamplingConfig, pick_sampler
 from megatron_mdm.model.vocab import VocabLayout
@@ -84,9 +89,8 @@ def export(args) -> dict:
                 "objective": cfg.model.objective,
             },
         )
-        if args.format == "hf":
-            for path in MODELING_FILES:
-                shutil.copy2(path, staging / Path(path).name)
+        for path in layout.code_files:  # only what config.json's auto_map names
+            shutil.copyfile(path, staging / path.name)  # the umask's mode, not the source's
     return _summary("export", len(tensors), nbytes, start, args.out_dir)
 
 
@@ -210,14 +214,24 @@ def _relocated_tokenizer_model(tokenizer: dict, src: Path, out: Path) -> str | N
 
 
 def reshard(args) -> dict:
+    """Weights, and Adam's state when the source holds a readable one (unless --weights-only),
+    to another TP/PP layout (docs/design.md §8)."""
     start = time.perf_counter()
-    canonical, meta, _ = load_canonical(args.ckpt_dir, fp32_master=args.fp32_master)
+    adam = None
+    source_meta = read_meta(find_checkpoint(args.ckpt_dir))
+    if not args.weights_only and has_adam_state(source_meta):
+        adam, meta, _ = load_adam_state(args.ckpt_dir)
+        canonical = adam.master
+    else:
+        canonical, meta, _ = load_canonical(args.ckpt_dir, fp32_master=args.fp32_master)
     with tqdm(total=args.tensor * args.pipeline, desc="reshard", disable=not args.progress) as bar:
         write_weights_checkpoint(
-            canonical, meta, args.out_ckpt_dir, args.tensor, args.pipeline, bar
+            canonical, meta, args.out_ckpt_dir, args.tensor, args.pipeline, bar, adam=adam
         )
     nbytes = sum(t.numel() * t.element_size() for t in canonical.values())
-    return _summary("reshard", len(canonical), nbytes, start, args.out_ckpt_dir)
+    summary = _summary("reshard", len(canonical), nbytes, start, args.out_ckpt_dir)
+    summary["kept"] = "weights and Adam state" if adam is not None else "weights only"
+    return summary
 
 
 def _summary(what: str, tensors: int, nbytes: int, start: float, out) -> dict:
@@ -249,6 +263,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     rs.add_argument("ckpt_dir")
     rs.add_argument("out_ckpt_dir")
     rs.add_argument("--fp32-master", action="store_true", help="weights from ZeRO fp32 shards")
+    rs.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="leave Adam's state behind (resuming then starts a fresh optimizer)",
+    )
     for p in (im, rs):
         p.add_argument("--tensor", type=int, default=1)
         p.add_argument("--pipeline", type=int, default=1)
@@ -263,8 +282,10 @@ def run_convert_args(args) -> int:
     except MDMError as exc:
         print(f"mdm convert {args.convert_command}: error: {exc}", file=sys.stderr)
         return 2
+    kept = f" ({summary['kept']})" if "kept" in summary else ""
     print(
         f"{summary['command']}: {summary['tensors']} tensors, {summary['bytes'] / 1e6:,.1f} MB "
         f"in {summary['seconds']:.2f} s ({summary['gb_per_s']:.3f} GB/s) -> {summary['output']}"
+        f"{kept}"
     )
     return 0

@@ -56,10 +56,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from megatron_mdm.convert.hf_modeling import MODELING_FILES
 from megatron_mdm.convert.hf_modeling.configuration_mdm import AUTO_MAP
 from megatron_mdm.utils import MDMError
 
@@ -510,8 +512,12 @@ def llada_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
     qk-norm, untied head, "llama" block (separate q/k/v, SwiGLU as ff_proj/up_proj/ff_out).
     `vocab_size` and `embedding_size` are both the exported row count (padding stripped): LLaDA
     sizes wte/ff_out by `embedding_size`. `init_*` only matter for training from scratch.
-    `auto_map` names LLaDA's own remote-code files (configuration_llada.py, modeling_llada.py),
-    which the exporter must ship next to this config for `trust_remote_code` loading.
+    No `auto_map`: LLaDA's modeling code (configuration_llada.py, modeling_llada.py) is not
+    ours to ship, and a config must not name files that are not in the folder. To run the export
+    with LLaDA's code, copy those two files from a LLaDA release into the folder and add
+    `"auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel":
+    "modeling_llada.LLaDAModelLM"}` to config.json; `mdm convert import --format llada` and
+    `train.init_from` read the tensors and this config without any modeling code.
     """
     if meta.get("objective", "mdm") != "mdm":
         raise LayoutError("llada: the LLaDA layout holds masked diffusion models only (objective)")
@@ -520,11 +526,6 @@ def llada_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "architectures": ["LLaDAModelLM"],
         "model_type": "llada",
-        "auto_map": {
-            "AutoConfig": "configuration_llada.LLaDAConfig",
-            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-            "AutoModel": "modeling_llada.LLaDAModelLM",
-        },
         "activation_type": "silu",
         "alibi": False,
         "alibi_bias_max": 8.0,
@@ -613,10 +614,12 @@ class Layout:
     import_: Callable[[Mapping[str, Tensor], ModelShape, int], StateDict]
     config_json: Callable[[ModelShape, Mapping[str, Any]], dict[str, Any]]
     shapes: Callable[[ModelShape], dict[str, tuple[int, ...]]]  # exported key -> shape
+    # Python files the exporter copies next to config.json: exactly those its `auto_map` names.
+    code_files: tuple[Path, ...] = ()
 
 
 LAYOUTS: dict[str, Layout] = {
-    "hf": Layout("hf", to_hf, from_hf, hf_config, lambda s: _shapes(_HF, s)),
+    "hf": Layout("hf", to_hf, from_hf, hf_config, lambda s: _shapes(_HF, s), tuple(MODELING_FILES)),
     "llada": Layout("llada", to_llada, from_llada, llada_config, lambda s: _shapes(_LLADA, s)),
     "smdm": Layout("smdm", to_smdm, from_smdm, smdm_config, lambda s: _shapes(_SMDM, s)),
 }

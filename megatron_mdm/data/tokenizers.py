@@ -254,7 +254,10 @@ class HFTokenizer(_SpecialIds):
                 self.path, "folder has no tokenizer files (tokenizer.json, tokenizer_config.json)"
             )
         try:
-            tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            # trust_remote_code=False: a tokenizer folder's Python files are never run.
+            tok = AutoTokenizer.from_pretrained(
+                str(self.path), local_files_only=True, trust_remote_code=False
+            )
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ...
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise _model_error(self.path, f"not a loadable tokenizer folder ({msg})") from None

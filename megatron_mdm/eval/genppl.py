@@ -3,7 +3,8 @@
 Sample N sequences from the model under test (each conditioned on EOS, i.e. the start of a new
 document, plus an optional prompt; cut at the next EOS), then score their text with a judge causal
 LM: our own ARM checkpoint (`--judge-ckpt`), an exported `hf` folder of one, or any local
-`transformers` causal-LM folder (`--judge-hf`, its own tokenizer: the text is retokenised).
+`transformers` causal-LM folder (`--judge-hf`, its own tokenizer: the text is retokenised;
+built-in architectures only: no Python file from the folder is run, `trust_remote_code=False`).
 Generative perplexity = exp(total judge NLL / total judge tokens); the judge conditions each text
 on its BOS (or EOS). Low is good only together with a normal unigram entropy: a sampler that
 repeats one token gets a low perplexity and a low entropy, which is why both are reported
@@ -80,8 +81,13 @@ def _transformers_judge(folder: Path) -> Judge:
     if not (folder / "config.json").is_file():
         raise EvalError(f"--judge-hf {folder}: not a transformers folder (no config.json)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+        # Never Python files from the folder: a judge needing remote code is refused.
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as exc:
         raise EvalError(f"--judge-hf {folder}: {str(exc).splitlines()[0]}") from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -5,14 +5,18 @@ so samplers and evaluators never care where the weights came from:
 - `--ckpt`: a training checkpoint at any TP/PP/ZeRO; its shards are gathered into the full model
   (`checkpointing.canonical`) and run on one process (megatron-core at TP=PP=1, gloo/NCCL
   world of one);
-- `--hf`: an exported `hf` folder, run with `transformers` through the shipped modeling file.
+- `--hf`: an exported `hf` folder, run with `transformers` through the modeling code installed
+  with this package (`convert.hf_modeling.MDMForMaskedLM.from_pretrained`: the folder's
+  config.json and safetensors only). The folder's own `modeling_mdm.py` is there for stock
+  `transformers` users (`trust_remote_code=True`); our loaders never import Python files from a
+  model folder, so an edited copy cannot run code here (docs/design.md §8).
 
 Samplers with a key/value cache (ARM decoding, Fast-dLLM) need a model that takes cached keys and
 values; megatron-core's GPTModel has no such interface. `cached_model` is therefore always the
-shipped plain-torch `MDMForMaskedLM` (convert/hf_modeling/modeling_mdm.py): the exported folder's
-own model for `--hf`, and for `--ckpt` the same class built on demand from the gathered weights
-through the `hf` export mapping (`convert.layouts.to_hf`), sharing the megatron model's tensors
-where the mapping does not cut them. Both sources thus run one cached implementation.
+installed plain-torch `MDMForMaskedLM` (convert/hf_modeling/modeling_mdm.py): the `--hf` model
+itself (the folder's weights), and for `--ckpt` the same class built on demand from the gathered
+weights through the `hf` export mapping (`convert.layouts.to_hf`), sharing the megatron model's
+tensors where the mapping does not cut them. Both sources thus run one cached implementation.
 
 Bad paths are one line (`ModelLoadError`), never a traceback from inside a library.
 """
@@ -41,7 +45,7 @@ from megatron_mdm.data.tokenizers import Tokenizer, build_tokenizer
 from megatron_mdm.diffusion.sampling import ModelFn
 from megatron_mdm.model.builder import build_model
 from megatron_mdm.parallel.distributed import init_distributed
-from megatron_mdm.utils import MDMError
+from megatron_mdm.utils import MDMError, one_line
 
 
 class ModelLoadError(MDMError):
@@ -153,10 +157,13 @@ def torch_model_from_canonical(canonical: dict, shape, meta: dict):
 
 
 def from_hf_folder(path: str | Path) -> InferenceModel:
-    from transformers import AutoModelForMaskedLM
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForMaskedLM.from_pretrained(str(path), trust_remote_code=True)
+    try:
+        model = MDMForMaskedLM.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{path}: not a loadable hf export ({one_line(exc)})") from None
     model = model.to(device).eval()
     tok = read_tokenizer(Path(path))
     tokenizer = build_tokenizer(tok["type"], tok.get("model"))
@@ -181,8 +188,18 @@ def load_model(ckpt: str | None = None, hf: str | None = None) -> InferenceModel
     if ckpt is not None:
         return from_training_checkpoint(ckpt)
     assert hf is not None  # exactly one of the two, checked above
-    if not (Path(hf) / "config.json").is_file():
+    config = Path(hf) / "config.json"
+    if not config.is_file():
         raise ModelLoadError(f"{hf}: not an exported folder (no config.json)")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise ModelLoadError(f"{config}: cannot be read ({one_line(exc)})") from None
+    if model_type != MDMConfig.model_type:
+        raise ModelLoadError(
+            f"{config}: model_type is {model_type!r}, not an `hf` export of megatron-mdm "
+            f"({MDMConfig.model_type!r}); export with `mdm convert export --format hf`"
+        )
     return from_hf_folder(hf)
 
 

@@ -17,8 +17,10 @@ import time
 import torch
 
 from megatron_mdm.checkpointing import deepspeed_io, run_dir
+from megatron_mdm.checkpointing.adam_state import load_adam_state
+from megatron_mdm.checkpointing.canonical import shard_for_rank
 from megatron_mdm.checkpointing.weights import canonical_weights, load_weights_into
-from megatron_mdm.config import ExperimentConfig
+from megatron_mdm.config import ConfigError, ExperimentConfig
 from megatron_mdm.convert.layouts import ModelShape
 from megatron_mdm.data.pretrain_batches import PretrainBatches
 from megatron_mdm.data.tokenizers import build_tokenizer
@@ -27,6 +29,7 @@ from megatron_mdm.model.builder import build_model
 from megatron_mdm.model.spec import check_transformer_impl
 from megatron_mdm.model.vocab import VocabLayout
 from megatron_mdm.parallel.distributed import ParallelContext, init_distributed, shutdown
+from megatron_mdm.training import adam_restore
 from megatron_mdm.training.console import progress_bar, say
 from megatron_mdm.training.engine import build_engine
 from megatron_mdm.training.metrics import MetricsWriter, check_wandb, peak_tflops_per_device
@@ -61,6 +64,17 @@ def peak_memory_gb() -> float:
 
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _check_adam_target(cfg: ExperimentConfig, resume_from, with_adam: bool) -> None:
+    if with_adam and not adam_restore.supported(cfg):
+        raise ConfigError(
+            f"{resume_from} holds a resharded Adam state, which resumes at "
+            "parallel.zero_stage 1 or 2 (any precision) or 0 (fp32); reshard it again with "
+            "--weights-only to resume here with a fresh optimizer",
+            source=cfg.source,
+            key="checkpoint.resume",
+        )
 
 
 class _Window:
@@ -103,15 +117,19 @@ class Trainer:
 
         self.cfg, self.ctx = cfg, ctx
         self.preemption = stop if stop is not None else PreemptionWatcher()
+        resume_from = run_dir.find_resume_checkpoint(cfg)
+        resume_meta = run_dir.read_meta(resume_from) if resume_from is not None else {}
+        weights_only = bool(resume_meta.get("weights_only"))
+        with_adam = weights_only and bool(resume_meta.get("optimizer_state"))
+        if resume_from is not None:  # before anything is built: what cannot resume fails now
+            run_dir.check_resume_layout(cfg, resume_from, resume_meta, ctx.dp_size)
+            _check_adam_target(cfg, resume_from, with_adam)
         self.tokenizer = build_tokenizer(cfg.data.tokenizer.type, cfg.data.tokenizer.model)
         self.vocab = _vocab(cfg, self.tokenizer, ctx.tp_size)
         self.batches = batch_source(cfg, ctx, self.tokenizer, self.vocab)
         self.loss_fn = loss_for(cfg, self.batches.kind)
         self.preemption.stop_if_requested(ctx.device)
         model = build_model(cfg, self.vocab, ctx.on_gpu).to(ctx.device)
-        resume_from = run_dir.find_resume_checkpoint(cfg)
-        resume_meta = run_dir.read_meta(resume_from) if resume_from is not None else {}
-        weights_only = bool(resume_meta.get("weights_only"))
         if weights_only:
             self._load_weights(model, resume_from)
         elif resume_from is None and cfg.train.init_from:
@@ -123,8 +141,12 @@ class Trainer:
         elif weights_only:
             self.step = int(resume_meta["step"])
             self._fast_forward_lr_schedule()
+            if with_adam:
+                self._restore_adam(model, resume_from)
         if resume_from is not None:
-            kind = "weights only, fresh optimizer" if weights_only else "full state"
+            kind = "full state"
+            if weights_only:
+                kind = "weights and Adam state" if with_adam else "weights only, fresh optimizer"
             self._say(f"resumed from {resume_from} at step {self.step} ({kind})")
         self.preemption.stop_if_requested(ctx.device)
         self.nonfinite_in_a_row = 0
@@ -137,6 +159,19 @@ class Trainer:
         canonical = canonical_weights(source, shape, self.vocab.padded_size)
         load_weights_into(model, canonical, self.ctx, self.cfg.model.num_layers, str(source))
         self._say(f"loaded weights from {source}")
+
+    def _restore_adam(self, model, source) -> None:
+        """The fp32 master weights, Adam moments and step of a resharded checkpoint, this
+        rank's slice of them, into the engine (`training.adam_restore`)."""
+        state, _, _ = load_adam_state(source)
+        ctx, num_layers = self.ctx, self.cfg.model.num_layers
+        local = {
+            key: shard_for_rank(
+                canonical, ctx.tp_rank, ctx.tp_size, ctx.pp_rank, ctx.pp_size, num_layers
+            )
+            for key, canonical in {"fp32": state.master, **state.moments}.items()
+        }
+        adam_restore.restore_adam(self.engine, model, local, state.step, str(source))
 
     def _fast_forward_lr_schedule(self) -> None:
         """A weights-only checkpoint at step k: continue the LR schedule at step k."""
@@ -173,11 +208,21 @@ class Trainer:
                 "mask_id": self.vocab.mask_id,
                 "padded_size": self.vocab.padded_size,
             },
-            "parallel": {"tensor": self.ctx.tp_size, "pipeline": self.ctx.pp_size},
+            "parallel": {
+                "tensor": self.ctx.tp_size,
+                "pipeline": self.ctx.pp_size,
+                "data": self.ctx.dp_size,
+            },
             **self.batches.meta(),
         }
-        path = deepspeed_io.save_checkpoint(self.engine, self.cfg, self.ctx, self.step, meta)
-        self._say(f"saved checkpoint {path}")
+        saved = deepspeed_io.save_checkpoint(self.engine, self.cfg, self.ctx, self.step, meta)
+        if saved.written:
+            self._say(f"saved checkpoint {saved.path}")
+        else:
+            self._say(
+                f"checkpoint {saved.path} already exists and is complete: left as it is "
+                "(a complete checkpoint is never rewritten)"
+            )
 
     def _describe(self) -> None:
         cfg, ctx, m = self.cfg, self.ctx, self.cfg.model
