@@ -163,8 +163,9 @@ def from_hf_folder(path: str | Path) -> InferenceModel:
             str(path), local_files_only=True, use_safetensors=True
         )
     except (OSError, ValueError, TypeError) as exc:
-        raise ModelLoadError(f"{path}: not a loadable hf export ({one_line(exc)})") from None
-    model = model.to(device).eval()
+        raise ModelLoadError(f"{path}: not a loadable hf export ({one_line(str(exc))})") from None
+    # transformers wraps PreTrainedModel.to in a decorator whose stub mistypes the argument
+    model = model.to(device).eval()  # type: ignore[arg-type]
     tok = read_tokenizer(Path(path))
     tokenizer = build_tokenizer(tok["type"], tok.get("model"))
     return InferenceModel(
@@ -194,7 +195,7 @@ def load_model(ckpt: str | None = None, hf: str | None = None) -> InferenceModel
     try:
         model_type = json.loads(config.read_text()).get("model_type")
     except (OSError, json.JSONDecodeError, AttributeError) as exc:
-        raise ModelLoadError(f"{config}: cannot be read ({one_line(exc)})") from None
+        raise ModelLoadError(f"{config}: cannot be read ({one_line(str(exc))})") from None
     if model_type != MDMConfig.model_type:
         raise ModelLoadError(
             f"{config}: model_type is {model_type!r}, not an `hf` export of megatron-mdm "
