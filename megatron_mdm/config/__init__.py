@@ -20,6 +20,8 @@ and the tools import this package on machines that may not have it.
 from megatron_mdm.config.checks import ConfigError
 from megatron_mdm.config.choices import (
     ATTENTION_BACKENDS,
+    BLOCK_T_SAMPLINGS,
+    COMPARED_OBJECTIVES,
     DIFFUSION_LOSSES,
     FP8_GRAD_FORMATS,
     FP8_RECIPES,
@@ -35,6 +37,7 @@ from megatron_mdm.config.choices import (
     TRUNCATION_POLICIES,
     ZERO_STAGES,
     AttentionBackend,
+    BlockTSampling,
     DiffusionLoss,
     FP8GradFormat,
     FP8Recipe,
@@ -69,6 +72,8 @@ from megatron_mdm.config.schema import (
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "BLOCK_T_SAMPLINGS",
+    "COMPARED_OBJECTIVES",
     "DIFFUSION_LOSSES",
     "FP8_GRAD_FORMATS",
     "FP8_RECIPES",
@@ -84,6 +89,7 @@ __all__ = [
     "TRUNCATION_POLICIES",
     "ZERO_STAGES",
     "AttentionBackend",
+    "BlockTSampling",
     "ChatTemplateConfig",
     "CheckpointConfig",
     "ConfigError",

@@ -25,6 +25,7 @@ from megatron_mdm.config.checks import (
 )
 from megatron_mdm.config.choices import (
     AttentionBackend,
+    BlockTSampling,
     DiffusionLoss,
     FP8GradFormat,
     FP8Recipe,
@@ -41,7 +42,7 @@ from megatron_mdm.config.choices import (
     ZeroStage,
 )
 from megatron_mdm.config.coerce import check_types
-from megatron_mdm.config.rules import check_fp8, check_layout
+from megatron_mdm.config.rules import check_block, check_fp8, check_layout
 
 __all__ = [
     "ChatTemplateConfig",
@@ -149,7 +150,9 @@ class ModelConfig:
     """Tokens per training sequence (and the rotary table length)."""
     objective: Objective = "mdm"
     """mdm: bidirectional masked diffusion (the point of this project); arm: the causal
-    next-token baseline trained by the same stack, for like-for-like comparisons."""
+    next-token baseline trained by the same stack, for like-for-like comparisons; block: block
+    diffusion (BD3-LM): blocks of diffusion.block_size tokens denoised in parallel, generated
+    left to right with an exact KV cache (docs/design.md §11)."""
     transformer_impl: TransformerImpl = "local"
     """local: megatron-core's plain torch layers (run anywhere, FP8 through kernels/);
     transformer_engine: NVIDIA TE layers (GPU, needed for sequence parallelism)."""
@@ -240,11 +243,59 @@ class DiffusionConfig:
     """Weight of each masked token's CE (both average over all tokens): smdm: 1 / p (SMDM,
     LLaDA); mdlm: MDLM's log-linear schedule weight 1 / t, with t recovered from p."""
 
+    block_size: int | None = None
+    """model.objective=block: tokens per block B; must divide model.seq_length. B =
+    seq_length is the plain MDM, B = 1 an ARM (docs/design.md §11). Also the block size of
+    validation, sampling and likelihood. Only for model.objective=block."""
+    block_t_sampling: BlockTSampling = "block"
+    """model.objective=block: one t per block (BD3-LM), or one t per sequence shared by all
+    its blocks (then B = seq_length draws exactly the mdm objective's masks)."""
+    block_size_schedule: list | None = None
+    """model.objective=block: the training block size by step, [[step, B], ...], piecewise
+    constant from step 0, e.g. LLaDA2.0's warmup-stable-decay [[0, 1], [500, 4], [1000, 32],
+    [2000, 4096], [8000, 32]] for adapting a causal LM; the last B must equal
+    diffusion.block_size. None: diffusion.block_size at every step."""
+
+    def block_size_at(self, step: int) -> int | None:
+        """The training block size at optimizer step `step` (a pure function of the step, so a
+        resumed run trains exactly as an uninterrupted one)."""
+        if not self.block_size_schedule:
+            return self.block_size
+        size = self.block_size_schedule[0][1]
+        for start, b in self.block_size_schedule:
+            if step >= start:
+                size = b
+        return size
+
     def validate(self, fail: Fail) -> None:
-        """eps and var_len_prob are probabilities."""
+        """eps and var_len_prob are probabilities; block size and schedule are well formed."""
         finite(fail, "diffusion.eps", self.eps)
         within(fail, "diffusion.eps", self.eps)
         within(fail, "diffusion.var_len_prob", self.var_len_prob, closed=True)
+        positive(fail, "diffusion.block_size", self.block_size)
+        if self.block_size_schedule is not None:
+            _check_block_schedule(fail, self.block_size_schedule)
+
+
+def _check_block_schedule(fail: Fail, schedule: list) -> None:
+    key = "diffusion.block_size_schedule"
+    if not schedule:
+        fail(key, "must list at least one [step, block_size] pair (or be null)")
+    last = -1
+    for i, pair in enumerate(schedule):
+        ints = isinstance(pair, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in pair
+        )
+        if not ints or len(pair) != 2:
+            fail(key, f"item {i} should be a [step, block_size] pair of ints, got {short(pair)}")
+        step, size = pair
+        if i == 0 and step != 0:
+            fail(key, f"must start at step 0, got {short(pair)}")
+        if step <= last:
+            fail(key, f"steps must increase, got {step} after {last}")
+        if size < 1:
+            fail(key, f"item {i}: block size must be >= 1, got {size}")
+        last = step
 
 
 @dataclass
@@ -520,7 +571,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The network: shape, objective, implementation."""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    """Masking and loss weighting of the mdm objective (unused by arm)."""
+    """Masking and loss weighting of the mdm and block objectives (unused by arm)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Tensor / pipeline / ZeRO layout; data parallelism takes the remaining ranks."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -569,6 +620,7 @@ class ExperimentConfig:
         ):
             section.validate(self._fail)
         check_layout(self, self._fail)
+        check_block(self, self._fail)
         if self.train.precision == "fp8":
             check_fp8(self, self._fail)
 
