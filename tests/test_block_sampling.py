@@ -191,3 +191,53 @@ def test_answer_blocks_follow_absolute_block_boundaries():
     assert answer_blocks(0, 8, 4) == [(0, 4), (4, 8)]
     assert answer_blocks(3, 7, 4) == [(0, 1), (1, 5), (5, 7)]
     assert answer_blocks(5, 2, 1) == [(0, 1), (1, 2)]
+
+
+# ------------------------------------------------------------------ generate() and its checks
+
+
+def _inference_model(model):
+    from megatron_mdm.inference.loading import InferenceModel
+
+    return InferenceModel(
+        model_fn=lambda x: model(input_ids=x).logits,
+        tokenizer=None,
+        mask_id=TORCH_MASK,
+        eos_id=1,
+        objective="block",
+        device=torch.device("cpu"),
+        load_cached_model=lambda: model,
+        block_size=B,
+        block_fn=lambda xt, x0: model(input_ids=xt, clean_input_ids=x0).logits,
+    )
+
+
+def test_generate_defaults_to_the_block_sampler_and_checks_its_options(model):
+    from megatron_mdm.inference.generate import generate
+    from megatron_mdm.inference.sampling_config import SamplingConfig, SamplingError
+
+    m = _inference_model(model)
+    prompt = ids(1, 6, seed=8)
+    config = SamplingConfig(gen_length=8, steps=8, threshold=None, stop_at_eos=False)
+    cached, plain = generate(m, prompt, config), generate(m, prompt, config.replace(cache="none"))
+    want = block_diffusion_sample(prompt, TORCH_MASK, B, 8, 8, cached_model=model)
+    assert torch.equal(cached, want) and torch.equal(plain, want)
+    for bad, message in (
+        (config.replace(block_length=8), "differs from the model's block size 4"),
+        (config.replace(steps=3), "multiple of gen_length"),
+        (config.replace(sampler="llada"), "this is a block diffusion model"),
+        (config.replace(remasking="random", threshold=0.9), "needs remasking=low_confidence"),
+    ):
+        with pytest.raises(SamplingError, match=message):
+            generate(m, prompt, bad)
+
+
+@pytest.mark.parametrize(
+    "requested,objective", [("block", "mdm"), ("block", "arm"), ("fast", "block"), ("arm", "block")]
+)
+def test_block_sampler_and_block_models_go_together(requested, objective):
+    from megatron_mdm.inference.sampling_config import SamplingError, pick_sampler
+
+    assert pick_sampler(None, "block") == "block" and pick_sampler("block", "block") == "block"
+    with pytest.raises(SamplingError, match=f"--sampler {requested} needs"):
+        pick_sampler(requested, objective)
