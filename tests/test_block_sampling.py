@@ -241,3 +241,21 @@ def test_block_sampler_and_block_models_go_together(requested, objective):
     assert pick_sampler(None, "block") == "block" and pick_sampler("block", "block") == "block"
     with pytest.raises(SamplingError, match=f"--sampler {requested} needs"):
         pick_sampler(requested, objective)
+
+
+def test_perplexity_of_a_block_model_is_the_sum_of_window_elbos():
+    import math
+
+    from megatron_mdm.eval.ppl import perplexity_bound
+
+    model = tiny_model(tiny_config("block", block_size=1), seed=4)
+    m = _inference_model(model)
+    m.block_size = 1
+    tokens = ids(11, seed=12).numpy()
+    result = perplexity_bound(m, tokens, 6, mc_num=4, batch_size=2, progress=False)
+    windows = [torch.as_tensor(tokens[:6]), torch.as_tensor(tokens[6:])]
+    empty = torch.zeros(0, dtype=torch.long)
+    exact = sum(_exact_block_elbo(model, empty, w, 1) for w in windows)
+    assert result.bound and result.windows == 2 and result.tokens == 11
+    assert result.nll_per_token == pytest.approx(-exact / 11, rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(-exact / 11), rel=1e-5)
