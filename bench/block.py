@@ -2,7 +2,7 @@
 `llada` vs `arm`, and a training step of `objective=block` vs `mdm`, at one model size.
 
     python bench/block.py [--gen-length 128] [--prompt-length 32] [--block-size 16]
-        [--prompts 4] [--repeats 3] [--train-steps 5] [--ckpt DIR] [--out FILE.json]
+        [--prompts 4] [--repeats 3] [--train-steps 5] [--threads 1] [--ckpt DIR] [--out FILE.json]
 
 Sampling: every sampler runs the same weights (the quickstart shape, 4.4M parameters, random
 init from `train.seed`, or `--ckpt`'s) through the shipped plain-torch model under its own mask
@@ -127,6 +127,7 @@ def time_sampling(args) -> dict:
                     start = time.perf_counter()
                     sample(prompt, stats)
                     seconds[name][i] = min(seconds[name][i], time.perf_counter() - start)
+                    print(f"{name}: prompt {i}, {seconds[name][i]:.2f} s", file=sys.stderr)
                     calls[name][i], positions[name][i] = (
                         stats["model_calls"],
                         stats.get("positions", 0),
@@ -227,9 +228,11 @@ def main() -> None:
     parser.add_argument("--seq-length", type=int, default=256, help="training step length L")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPUs)")
     parser.add_argument("--gpu", action="store_true", help="also time flex vs SDPA (CUDA)")
     parser.add_argument("--out", help="also write the report as JSON here")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     report = {
         "args": vars(args),
         "threads": torch.get_num_threads(),
