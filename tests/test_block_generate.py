@@ -53,25 +53,32 @@ def trained(tmp_path_factory):
     return run, export
 
 
-def generated(*args) -> list[str]:
-    proc = run_cli("generate", *args, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return [line for line in proc.stdout.splitlines() if line.startswith("[")]
+def test_pattern_is_learned_and_cache_matches_no_cache(trained, single_rank_world):
+    from megatron_mdm.inference.generate import generate
+    from megatron_mdm.inference.loading import load_model
+    from megatron_mdm.inference.sampling_config import SamplingConfig
 
-
-def test_pattern_is_learned_and_cache_matches_no_cache(trained):
     run, export = trained
     losses = [r["loss"] for r in read_metrics(run)]
     assert losses[0] > 2.0 and sum(losses[-3:]) / 3 < 0.5, losses
-    sample = ["--prompt", "abcde", "--gen-length", "16", "--steps", "16", "--threshold", "none"]
-    for cfg in ("0", "1.0"):
-        cached = generated("--ckpt", str(run), *sample, "--cfg", cfg)
-        plain = generated("--ckpt", str(run), *sample, "--cfg", cfg, "--cache", "none")
-        assert cached == plain, cfg
-    assert cached == ["[0] abcdefghijkl"]  # the block sampler is the default; cut at EOS
-    assert generated("--hf", str(export), *sample) == cached
-    threshold = generated("--hf", str(export), "--prompt", "abcde", "--gen-length", "16")
-    assert threshold == cached  # parallel decoding (threshold 0.9) of a confident model
+    proc = run_cli("generate", "--ckpt", str(run), "--prompt", "abcde", "--gen-length", "16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert lines == ["[0] abcdefghijkl"]  # block sampler by default, threshold 0.9, cut at EOS
+
+    ckpt, hf = load_model(ckpt=str(run)), load_model(hf=str(export))
+    assert ckpt.objective == hf.objective == "block" and ckpt.block_size == hf.block_size == 4
+    prompt = torch.tensor([ckpt.tokenizer.encode("abcde")] * 2)
+    base = SamplingConfig(gen_length=16, steps=16, threshold=None, stop_at_eos=False)
+    want = torch.tensor(ckpt.tokenizer.encode("abcdefghijkl") + [ckpt.eos_id])  # + "abc"
+    for cfg in (0.0, 1.0):
+        config = base.replace(cfg=cfg)
+        cached = generate(ckpt, prompt, config)  # the shipped model with the exact KV cache
+        plain = generate(ckpt, prompt, config.replace(cache="none"))  # megatron, whole prefix
+        assert torch.equal(cached, plain), cfg
+        assert torch.equal(generate(hf, prompt, config), cached), cfg
+        if cfg == 0:
+            assert torch.equal(cached[0, : len(want)], want)
 
 
 def test_export_logits_match_training_model(trained, single_rank_world, monkeypatch):

@@ -14,7 +14,7 @@ from helpers import QUICKSTART, ROOT, SCRATCH_RUN, read_metrics, read_val_metric
 
 pytestmark = pytest.mark.slow
 
-STEPS = 3
+STEPS = 4
 BLOCK = [
     "model.num_layers=2",
     "model.hidden_size=64",
@@ -30,7 +30,13 @@ BLOCK = [
     "train.lr_decay_steps=6",
     "diffusion.var_len_prob=0.3",
 ]
-COMMON = [*BLOCK, f"train.max_steps={STEPS}", "train.eval_interval=3", "train.eval_iters=1"]
+COMMON = [
+    *BLOCK,
+    f"train.max_steps={STEPS}",
+    "train.eval_interval=4",
+    "train.eval_iters=1",
+    *SCRATCH_RUN,
+]
 CASES = {
     "tp2": ["parallel.tensor=2"],
     "pp2": ["parallel.pipeline=2"],
@@ -41,17 +47,14 @@ CASES = {
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("block_ref")
-    run_mdm(["train", QUICKSTART, *COMMON, *SCRATCH_RUN, f"train.output_dir={out}"])
-    return read_metrics(out), read_val_metrics(out)
+    run_mdm(["train", QUICKSTART, *COMMON, "checkpoint.save_interval=2", f"train.output_dir={out}"])
+    return read_metrics(out), read_val_metrics(out), out / "checkpoints" / "step_0000002"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_process_layout_matches_single_process(case, reference, tmp_path):
-    run_mdm(
-        ["train", QUICKSTART, *COMMON, *SCRATCH_RUN, *CASES[case], f"train.output_dir={tmp_path}"],
-        nproc=2,
-    )
-    want_train, want_val = reference
+    run_mdm(["train", QUICKSTART, *COMMON, *CASES[case], f"train.output_dir={tmp_path}"], nproc=2)
+    want_train, want_val, _ = reference
     got = read_metrics(tmp_path)
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
     for want, have in zip(want_train, got):
@@ -61,27 +64,19 @@ def test_two_process_layout_matches_single_process(case, reference, tmp_path):
     assert got_val[0]["val_loss"] == pytest.approx(want_val[0]["val_loss"], rel=1e-5)
 
 
-def test_resume_is_bit_exact_and_reshard_trains_on(tmp_path):
-    logs = ["logging.interval=1", "logging.progress=false", "logging.tensorboard=false"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
+def test_resume_is_bit_exact_and_reshard_trains_on(reference, tmp_path):
+    """Resume the reference run from its step-2 checkpoint: steps 3-4 bit-identical (the block
+    size switches from 2 to 8 at step 2). Reshard that checkpoint to TP=2 and train on: step 3's
+    loss is computed before its update, from the step-2 weights, with the same batch, masks and
+    block size, so it equals the reference's (only the optimizer starts afresh)."""
+    want, _, step2 = reference
+    resumed = tmp_path / "resumed"
     run_mdm(
-        ["train", QUICKSTART, *BLOCK, *logs, "train.max_steps=4", f"train.output_dir={straight}"]
+        ["train", QUICKSTART, *COMMON, f"checkpoint.resume={step2}", f"train.output_dir={resumed}"]
     )
-    run_mdm(
-        [
-            "train",
-            QUICKSTART,
-            *BLOCK,
-            *logs,
-            "train.max_steps=2",
-            "checkpoint.keep_last=3",
-            f"train.output_dir={split}",
-        ]
-    )
-    run_mdm(["train", QUICKSTART, *BLOCK, *logs, "train.max_steps=4", f"train.output_dir={split}"])
-    a, b = read_metrics(straight), read_metrics(split)
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # across the B = 2 -> 8 switch
+    got = read_metrics(resumed)
+    assert [r["step"] for r in got] == [3, 4]
+    assert [r["loss"] for r in got] == [r["loss"] for r in want[2:]]  # bit-identical
 
     resharded = tmp_path / "tp2"
     proc = subprocess.run(
@@ -91,7 +86,7 @@ def test_resume_is_bit_exact_and_reshard_trains_on(tmp_path):
             "megatron_mdm.cli",
             "convert",
             "reshard",
-            str(split / "checkpoints" / "step_0000002"),
+            str(step2),
             str(resharded),
             "--tensor",
             "2",
@@ -108,8 +103,7 @@ def test_resume_is_bit_exact_and_reshard_trains_on(tmp_path):
         [
             "train",
             QUICKSTART,
-            *BLOCK,
-            *logs,
+            *COMMON,
             "train.max_steps=3",
             "parallel.tensor=2",
             f"checkpoint.resume={resharded}",
@@ -117,7 +111,5 @@ def test_resume_is_bit_exact_and_reshard_trains_on(tmp_path):
         ],
         nproc=2,
     )
-    # Step 3's loss is computed before its update, from the step-2 weights: the same weights,
-    # batch, masks and block size as the uninterrupted run (only the optimizer starts afresh).
     [third] = read_metrics(cont)
-    assert third["step"] == 3 and third["loss"] == pytest.approx(a[2]["loss"], rel=1e-5)
+    assert third["step"] == 3 and third["loss"] == pytest.approx(want[2]["loss"], rel=1e-5)
