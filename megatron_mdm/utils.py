@@ -41,6 +41,7 @@ __all__ = [
     "keyed_generator",
     "one_line",
     "stable_seed",
+    "strip_ansi",
 ]
 
 
@@ -49,9 +50,20 @@ __all__ = [
 QUIET_IMPORT_WARNINGS = r".*(Apex is not installed|Transformer Engine and Apex are not installed).*"
 
 
+# Terminal control sequences (colours, cursor moves) that library messages carry, e.g.
+# DeepSpeed's yellow "[WARNING]": in a one-line error they are noise in logs and greps.
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without ANSI escape sequences."""
+    return _ANSI_ESCAPE.sub("", str(text))
+
+
 def one_line(text: str) -> str:
-    """``text`` with every line break (and the blanks around it) folded into one space."""
-    return re.sub(r"\s*\n\s*", " ", str(text)).strip()
+    """``text`` with every line break (and the blanks around it) folded into one space, and
+    without terminal escape sequences."""
+    return re.sub(r"\s*\n\s*", " ", strip_ansi(text)).strip()
 
 
 class MDMError(ValueError):

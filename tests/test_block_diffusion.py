@@ -160,10 +160,10 @@ def test_per_block_t_draws():
     assert torch.equal(t[:, 0], sample_t(3, 7, [0, 1, 5], 8, "uniform"))
     shared = block_t(3, 7, [0, 1, 5], 8, "uniform", 4, per_block=False)
     assert torch.equal(shared, t[:, :1].expand(-1, 4))
-    strat = block_t(3, 7, list(range(8)), 8, "stratified", 4, per_block=True)
-    gaps = torch.sort(strat.flatten()).values.diff()
+    spread = block_t(3, 7, list(range(8)), 8, "stratified", 4, per_block=True)
+    gaps = torch.sort(spread.flatten()).values.diff()
     assert torch.allclose(gaps, torch.full_like(gaps, 1 / 32))  # evenly spread over G * n
-    assert torch.equal(strat[:, 0], block_t(3, 7, list(range(8)), 8, "stratified", 1, True)[:, 0])
+    assert torch.equal(spread[:, 0], block_t(3, 7, list(range(8)), 8, "stratified", 1, True)[:, 0])
 
 
 def test_block_masks_have_one_rate_per_block():

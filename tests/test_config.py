@@ -107,7 +107,7 @@ def test_unknown_key_in_file(tmp_path):
     path = write(tmp_path, "train:\n  lrr: 1\n")
     message = error(path)
     assert path in message and "train.lrr" in message and "override" not in message
-    assert "unknown" in error(write(tmp_path, "trian: {}\n", "b.yaml"))
+    assert "unknown" in error(write(tmp_path, "trian: {}\n", "b.yaml"))  # codespell:ignore
     message = error(write(tmp_path, "data:\n  tokenizer:\n    typo: hf\n", "c.yaml"))
     assert "data.tokenizer.typo" in message
 
@@ -189,8 +189,12 @@ def test_bad_choice(override, key):
         (["parallel.offload_optimizer=true"], "parallel.offload_optimizer"),
         (["train.global_batch_size=12"], "train.global_batch_size"),
         (["train.min_lr=1e-3"], "train.min_lr"),
-        (["train.warmup_steps=101"], "train.warmup_steps"),
-        (["train.lr_decay_steps=10", "train.warmup_steps=20"], "train.warmup_steps"),
+        (["train.lr_decay_fraction=1.5"], "train.lr_decay_fraction"),
+        (["train.max_nonfinite_steps=0"], "train.max_nonfinite_steps"),
+        (["train.sample_interval=-1"], "train.sample_interval"),
+        (["train.sample_length=0"], "train.sample_length"),
+        (["train.sample_interval=5", "train.sample_length=128"], "train.sample_length"),
+        (["logging.wandb=true", "logging.wandb_project=''"], "logging.wandb_project"),
         (["train.eval_interval=10"], "train.eval_iters"),
         (["checkpoint.keep_last=0"], "checkpoint.keep_last"),
         (["logging.interval=0"], "logging.interval"),
@@ -348,6 +352,10 @@ def test_literal_fields():
         "train.precision": ("fp32", "bf16", "fp8"),
         "train.fp8_recipe": ("delayed", "current"),
         "train.fp8_grad_format": ("e5m2", "e4m3"),
+        "data.validate": ("sample", "full"),
+        "train.lr_schedule": ("cosine", "wsd", "constant"),
+        "train.nonfinite": ("skip", "stop"),
+        "logging.wandb_mode": ("online", "offline"),
         "data.tokenizer.type": ("byte", "sentencepiece", "hf"),
         "sft.format": ("auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot"),
         "sft.normalize": ("sequence", "token"),
@@ -380,8 +388,10 @@ def test_choice_tuples_are_the_consumers_tuples():
     assert results.OBJECTIVES is compared
     assert sweep.OBJECTIVES is compared and families.OBJECTIVES is compared
     pytest.importorskip("torch")
-    from megatron_mdm.data import sft, tokenizers
+    from megatron_mdm.data import indexed_check, sft, tokenizers
     from megatron_mdm.diffusion import sft_loss
+
+    assert indexed_check.DATA_VALIDATIONS is config.DATA_VALIDATIONS
 
     assert sft.SFT_FORMATS is config.SFT_FORMATS
     assert sft.TRUNCATION_POLICIES is config.TRUNCATION_POLICIES

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from helpers import ROOT, run_cli
 
+from megatron_mdm.cli import main as cli_main
 from megatron_mdm.config import check_world_size, from_dict, load_config, to_dict
 from megatron_mdm.config_show import summarize, vocab_layout
 from megatron_mdm.model.accounting import flops_per_token, non_embedding_params
@@ -185,3 +186,65 @@ def test_mdm_config_show_prints_resolved_config_and_counts():
     proc = run_cli("config", "show", "configs/smdm-1.1b.yaml", "--gpus", "3")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "smdm-1.1b.yaml" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=_id)
+def test_config_show_runs_on_every_config_with_its_defaults(path, capsys):
+    """No --gpus: the estimate is for the most GPUs (up to 8) the config runs on; the quickstart
+    (global batch 16 in micro-batches of 8) runs on 2, the cluster configs on 8."""
+    assert cli_main(["config", "show", str(path)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    cfg = load_config(str(path))
+    assert yaml.safe_load(out) == to_dict(cfg)
+    gpus = 2 if path.name == "quickstart.yaml" else 8
+    assert f"# memory per GPU on {gpus} GPUs" in out
+
+
+def test_config_show_counts_a_local_sentencepiece_model(tmp_path):
+    import sentencepiece as spm
+
+    from megatron_mdm.data.sentencepiece_training import train_sentencepiece
+    from megatron_mdm.data.synthetic_corpus import generate_corpus
+
+    (tmp_path / "t.txt").write_text("\n".join(generate_corpus(200)) + "\n")
+    model = str(train_sentencepiece([str(tmp_path / "t.txt")], str(tmp_path / "sp"), 150))
+    size = spm.SentencePieceProcessor(model_file=model).get_piece_size()
+    cfg = load_config(
+        str(CONFIGS / "smdm-1.1b.yaml"),
+        [
+            "model.vocab_size=null",
+            "data.tokenizer.type=sentencepiece",
+            f"data.tokenizer.model={model}",
+        ],
+    )
+    vocab, note = vocab_layout(cfg)
+    assert (vocab.tokenizer_size, vocab.mask_id, vocab.padded_size) == (size, size, 256)
+    assert note == f"sentencepiece tokenizer {model}: {size} ids"
+    assert summarize(cfg).total_params == non_embedding_params(cfg.model) + 2 * 256 * 1792
+    missing = load_config(
+        str(CONFIGS / "smdm-1.1b.yaml"),
+        ["model.vocab_size=null", f"data.tokenizer.model={tmp_path / 'gone.model'}"],
+    )
+    vocab, note = vocab_layout(missing)
+    assert vocab.tokenizer_size == 259 and "is not on this machine" in note
+
+
+def test_flash_and_sdpa_attention_are_not_charged_attention_scores():
+    """Per layer, from the module docstring: 8sbh + (sbh(4 + 4g/a) + 8sbf) / TP, plus
+    2as^2b / TP only for unfused attention, which stores the softmax probabilities."""
+    cfg = load_config(str(CONFIGS / "smdm-1.1b.yaml"), ["model.transformer_impl=local"])
+    m, b, tp = cfg.model, cfg.train.micro_batch_size, cfg.parallel.tensor
+    s, h, a, f, g = m.seq_length, m.hidden_size, m.num_attention_heads, m.ffn_size, m.kv_groups
+    flash_layer = 8 * s * b * h + (s * b * h * (4 + 4 * g / a) + 8 * s * b * f) / tp
+    scores = 2 * a * s * s * b / tp
+    padded = vocab_layout(cfg)[0].padded_size
+    estimates = {}
+    for impl, backend in (("local", "sdpa"), ("local", "unfused"), ("transformer_engine", "sdpa")):
+        c = load_config(
+            str(CONFIGS / "smdm-1.1b.yaml"),
+            [f"model.transformer_impl={impl}", f"model.attention_backend={backend}"],
+        )
+        estimates[impl, backend] = estimate_memory(c, padded, 8).activations
+    assert estimates["local", "sdpa"] == pytest.approx(m.num_layers * flash_layer)
+    assert estimates["transformer_engine", "sdpa"] == estimates["local", "sdpa"]
+    assert estimates["local", "unfused"] == pytest.approx(m.num_layers * (flash_layer + scores))

@@ -1,4 +1,4 @@
-"""The training losses against independent re-computations of DESIGN.md §3, and the masking
+"""The training losses against independent re-computations of docs/design.md §3, and the masking
 contract: masks depend only on (seed, step, position in the global batch)."""
 
 from __future__ import annotations
@@ -50,7 +50,15 @@ def test_mdlm_loss_weights_by_inverse_t(single_rank_world):
     x0 = torch.randint(0, V, (2, 12), generator=gen)
     mb = forward_mask(x0, 1, 0, [0, 1], 2, MASK, eps, "uniform")
     logits = logits_with_mask_row(2, 12, gen)
-    t = (mb.p_mask - eps) / (1 - eps)
+    # The schedule's time t is the one whose masking rate 1 - exp(-sigma(t)) is the rate the masks
+    # were drawn at: solve it numerically (bisection), not with the module's closed form.
+    p = mb.p_mask.double()
+    lo, hi = torch.zeros_like(p), torch.full_like(p, 1.0 / (1 - eps))
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        rate = -torch.expm1(torch.log1p(-(1 - eps) * mid))
+        lo, hi = torch.where(rate < p, mid, lo), torch.where(rate < p, hi, mid)
+    t = (lo + hi) / 2
     # sigma(t) = -log(1-(1-eps)t): weight sigma'(t) / expm1(sigma(t)), computed numerically.
     sigma = -torch.log1p(-(1 - eps) * t.double())
     dsigma = (1 - eps) / (1 - (1 - eps) * t.double())

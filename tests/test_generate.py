@@ -320,3 +320,34 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, message):
     assert main(["generate", *(a.format(tmp=tmp_path) for a in args)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mdm generate: error: ") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("sampler,objective", [("fast", "mdm"), ("arm", "arm")])
+def test_cached_sampler_without_a_cache_is_one_error(sampler, objective):
+    """A model that offers no key/value cache: its cached modes are refused with one
+    SamplingError (which `mdm` prints as one line); cache=none samples as usual."""
+    import torch
+
+    from megatron_mdm.data.tokenizers import ByteLevelTokenizer
+    from megatron_mdm.inference.generate import generate
+    from megatron_mdm.inference.loading import InferenceModel
+    from megatron_mdm.inference.sampling_config import SamplingConfig, SamplingError
+
+    vocab, mask_id, eos_id = 8, 7, 6
+
+    def model_fn(ids: torch.Tensor) -> torch.Tensor:  # always predicts token 3
+        logits = torch.zeros(*ids.shape, vocab)
+        logits[..., 3] = 1.0
+        logits[..., mask_id] = -torch.inf
+        return logits
+
+    model = InferenceModel(
+        model_fn, ByteLevelTokenizer(), mask_id, eos_id, objective, torch.device("cpu")
+    )
+    assert model.cached_model is None
+    prompt = torch.tensor([[1, 2]])
+    config = SamplingConfig(sampler=sampler, gen_length=4, steps=4, cache="dual")
+    with pytest.raises(SamplingError, match="no key/value cache"):
+        generate(model, prompt, config)
+    out = generate(model, prompt, config.replace(cache="none", threshold=None))
+    assert out.tolist() == [[1, 2, 3, 3, 3, 3]]

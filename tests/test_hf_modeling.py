@@ -1,17 +1,25 @@
 """The modeling code shipped inside exported checkpoints: it must load through transformers'
-remote-code path and compute exactly the architecture megatron-mdm trains (checked against an
-independent re-computation written here from the formulas, not from the module)."""
+remote-code path and compute exactly the architecture megatron-mdm trains (checked against
+tests/reference_llama.py, a re-computation written from the formulas, not from the module)."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import pytest
 import torch
+from eval_models import tiny_models
 from helpers import TORCH_MASK, TORCH_VOCAB, tiny_config, tiny_model
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+from reference_llama import hf_logits
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from megatron_mdm.convert.hf_modeling import MODELING_FILES
 from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
@@ -25,53 +33,6 @@ def ids(batch=2, seq=9, seed=1) -> torch.Tensor:
     x = torch.randint(0, VOCAB - 1, (batch, seq), generator=g)
     x[:, ::3] = MASK
     return x
-
-
-def reference_logits(sd: dict, cfg: MDMConfig, input_ids: torch.Tensor) -> torch.Tensor:
-    """One forward pass in float64 from the state dict, using the pairwise (complex) form of
-    rotate-half RoPE and an explicit softmax, so nothing is shared with the module's code."""
-    w = {k: v.double() for k, v in sd.items()}
-    nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    b, n = input_ids.shape
-    half = hd // 2
-
-    def rms(x, weight):
-        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps) * weight
-
-    # pair (i, i + hd/2) rotates by angle pos * theta^(-2i/hd)
-    freqs = torch.tensor(
-        [cfg.rope_theta ** (-2.0 * i / hd) for i in range(half)], dtype=torch.float64
-    )
-    angle = torch.arange(n, dtype=torch.float64)[:, None] * freqs[None, :]
-    rot = torch.polar(torch.ones_like(angle), angle)  # [n, half]
-
-    def rope(x):  # x [b, n, heads, hd]
-        z = torch.complex(x[..., :half], x[..., half:]) * rot[None, :, None, :]
-        return torch.cat([z.real, z.imag], dim=-1)
-
-    h = w["model.embed_tokens.weight"][input_ids]
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        x = rms(h, w[p + "input_layernorm.weight"])
-        q = rope((x @ w[p + "self_attn.q_proj.weight"].T).view(b, n, nh, hd))
-        k = rope((x @ w[p + "self_attn.k_proj.weight"].T).view(b, n, nkv, hd))
-        v = (x @ w[p + "self_attn.v_proj.weight"].T).view(b, n, nkv, hd)
-        heads = []
-        for head in range(nh):
-            g = head // (nh // nkv)
-            s = torch.einsum("bqd,bkd->bqk", q[:, :, head], k[:, :, g]) / math.sqrt(hd)
-            if cfg.objective == "arm":
-                s = s.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
-            heads.append(torch.softmax(s, dim=-1) @ v[:, :, g])
-        attn = torch.cat(heads, dim=-1)
-        h = h + attn @ w[p + "self_attn.o_proj.weight"].T
-        x = rms(h, w[p + "post_attention_layernorm.weight"])
-        gate = x @ w[p + "mlp.gate_proj.weight"].T
-        up = x @ w[p + "mlp.up_proj.weight"].T
-        h = h + (gate * torch.sigmoid(gate) * up) @ w[p + "mlp.down_proj.weight"].T
-    logits = rms(h, w["model.norm.weight"]) @ w["lm_head.weight"].T
-    logits[..., cfg.invalid_output_ids] = float("-inf")
-    return logits
 
 
 def export_folder(model: MDMForMaskedLM, path) -> None:
@@ -124,7 +85,9 @@ def test_matches_independent_reference(objective, kv_heads):
     x = ids()
     with torch.no_grad():
         got = model(x).logits
-    want = reference_logits(model.state_dict(), cfg, x).float()
+    want = hf_logits(model.state_dict(), cfg.to_dict(), x, causal=objective == "arm")
+    want[..., cfg.invalid_output_ids] = float("-inf")
+    want = want.float()
     assert got.dtype == torch.float32 and got.shape == (2, 9, VOCAB)
     assert got.abs()[torch.isfinite(got)].max() > 1.0  # the comparison is not between ~zeros
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
@@ -201,3 +164,72 @@ def test_padding_mask_hides_padded_keys(objective):
     assert torch.isfinite(got[..., :MASK]).all()
     if objective == "mdm":
         assert not torch.allclose(unmasked[:, :6], want, atol=1e-5)
+
+
+def stock_llama_config(config: dict) -> LlamaConfig:
+    """transformers' own LlamaConfig mirroring an `hf` export's config.json."""
+    return LlamaConfig(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        intermediate_size=config["intermediate_size"],
+        num_hidden_layers=config["num_hidden_layers"],
+        num_attention_heads=config["num_attention_heads"],
+        num_key_value_heads=config["num_key_value_heads"],
+        head_dim=config["head_dim"],
+        max_position_embeddings=config["max_position_embeddings"],
+        rope_theta=config["rope_theta"],
+        rms_norm_eps=config["rms_norm_eps"],
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        attn_implementation="eager",
+    )
+
+
+@pytest.mark.slow  # trains and exports (tests/eval_models.py, shared with the eval tests)
+def test_arm_export_runs_in_stock_transformers_llama(tmp_path_factory, single_rank_world):
+    """An ARM trained by our stack (megatron-core model, `model.objective=arm`, 2 steps) and
+    exported by `mdm convert export --format hf`, strictly loaded into `transformers`'
+    LlamaForCausalLM: its logits equal our training model's on the same input.
+
+    This reference is code nobody here wrote: the stock Llama of `transformers` (its RMSNorm,
+    rotate-half RoPE, GQA, SwiGLU, causal mask), built from a LlamaConfig that mirrors the
+    export's config.json. Our training model is megatron-core's, loaded straight from the
+    DeepSpeed model-states file of the run (TP=1, PP=1), not through the export mapping."""
+    from megatron_mdm.checkpointing.run_dir import find_checkpoint, read_meta, vocab_from_meta
+    from megatron_mdm.config import from_dict
+    from megatron_mdm.model.builder import build_model
+
+    models = tiny_models(tmp_path_factory.getbasetemp())
+    config = json.loads((models.arm_hf / "config.json").read_text())
+    assert config["objective"] == "arm" and config["tie_word_embeddings"] is False
+    llama_config = stock_llama_config(config)
+    rope = getattr(llama_config, "rope_parameters", None) or vars(llama_config)
+    assert rope["rope_theta"] == config["rope_theta"]
+    stock = LlamaForCausalLM(llama_config).eval()
+    stock.load_state_dict(load_file(str(models.arm_hf / "model.safetensors")), strict=True)
+
+    ckpt = find_checkpoint(models.arm)
+    meta = read_meta(ckpt)
+    assert meta["parallel"] == {"tensor": 1, "pipeline": 1}
+    vocab = vocab_from_meta(meta)
+    ours = build_model(from_dict(meta["config"]), vocab, on_gpu=False).eval()
+    states = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=True)
+    ours.load_state_dict(states["module"], strict=True)
+
+    n_vocab = config["vocab_size"]
+    real = [i for i in range(n_vocab) if i not in config["invalid_output_ids"]]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(
+        0, vocab.tokenizer_size, (2, config["max_position_embeddings"]), generator=gen
+    )
+    with torch.no_grad():
+        want = ours(x)[..., :n_vocab]
+        got = stock(input_ids=x).logits
+    assert want.dtype == got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.isneginf(want[..., config["invalid_output_ids"]]).all()
+    want, got = want[..., real], got[..., real]
+    assert torch.isfinite(want).all()
+    assert want.std() > 100 * 1e-5  # the tolerance is small against the logits' spread
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

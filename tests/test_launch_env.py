@@ -145,7 +145,8 @@ def test_slurm_step_num_tasks_beats_allocation_ntasks():
 
 
 def test_single_process():
-    assert detect_launch_env({}) == LaunchEnv(0, 1, 0, 1, "127.0.0.1", 29500, "single")
+    single = detect_launch_env({})  # no launcher: a free port (tests/test_run_hygiene.py)
+    assert single == LaunchEnv(0, 1, 0, 1, "127.0.0.1", single.master_port, "single")
     assert detect_launch_env({"MASTER_PORT": "1234"}).master_port == 1234
 
 

@@ -86,8 +86,8 @@ def test_deepspeed_launcher(tmp_path, torchrun_losses):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     check(proc, "deepspeed --num_gpus 2")
     assert_same_run(tmp_path, torchrun_losses)
-    # DeepSpeed's CPU shared-memory allreduce names its buffers after the rendezvous address and
-    # port; shutdown() must remove them, or /dev/shm fills up over many runs.
+    # DeepSpeed's CPU shared-memory allreduce (buffers named after the rendezvous address and
+    # port) is never built on CPU (docs/design.md §9), so nothing may fill /dev/shm.
     assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*")
 
 

@@ -1,15 +1,14 @@
-"""Checkpoint layouts: exported names and shapes (DESIGN.md §8), bit-identical round trips, and
-logits of each exported state dict, run through a small reference forward written here from the
-format's own description, equal to the training model's logits."""
+"""Checkpoint layouts: exported names and shapes (docs/design.md §8), bit-identical round trips,
+and logits of each exported state dict, run through the plain reference forward
+(tests/reference_llama.py) with each format's own reading of its tensors, equal to the training
+model's logits."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import TINY_MODEL
+from reference_llama import hf_logits, llama_logits
 
 from megatron_mdm.config import load_config
 from megatron_mdm.convert import layouts
@@ -28,7 +27,7 @@ HD = 16
 
 
 def expected_names(fmt: str) -> dict[str, tuple[int, ...]]:
-    """Written out from DESIGN.md §8, independently of the module's own tables."""
+    """Written out from docs/design.md §8, independently of the module's own tables."""
     v, d, f = 101, 64, 128
     q, kv = 4 * HD, 2 * HD
     if fmt == "hf":
@@ -244,78 +243,6 @@ def test_config_json_fields():
 # --------------------------------------------------------------------------- reference forwards
 
 
-def rms_norm(x, weight, eps):
-    x32 = x.float()
-    return weight.float() * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps))
-
-
-def rope(x, base):
-    """x [B, T, heads, hd]; rotate-half (GPT-NeoX) RoPE, angles in fp32."""
-    t, hd = x.shape[1], x.shape[-1]
-    inv_freq = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
-    ang = torch.outer(torch.arange(t, dtype=torch.float32), inv_freq)
-    ang = torch.cat([ang, ang], dim=-1)[None, :, None, :]
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
-    return x * ang.cos() + torch.cat([-x2, x1], dim=-1) * ang.sin()
-
-
-def llama_block_stack(x, embed, layers, final_norm, head, n_heads, n_kv, eps, base):
-    """Pre-norm blocks, bidirectional GQA attention (query head h reads kv head h // (H/G)),
-    SwiGLU, untied head. `layers`: dicts of q [B,T,H,hd]-producing callables and weights."""
-    h = embed[x].float()
-    b, t, d = h.shape
-    hd = d // n_heads
-    for lw in layers:
-        a = rms_norm(h, lw["attn_norm"], eps)
-        q, k, v = lw["qkv"](a)
-        q = rope(q.view(b, t, n_heads, hd), base).transpose(1, 2)
-        k = rope(k.view(b, t, n_kv, hd), base).transpose(1, 2)
-        v = v.view(b, t, n_kv, hd).transpose(1, 2)
-        k = k.repeat_interleave(n_heads // n_kv, dim=1)
-        v = v.repeat_interleave(n_heads // n_kv, dim=1)
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=False, scale=1 / math.sqrt(hd))
-        h = h + att.transpose(1, 2).reshape(b, t, d) @ lw["o"].T
-        m = rms_norm(h, lw["mlp_norm"], eps)
-        h = h + (F.silu(m @ lw["gate"].T) * (m @ lw["up"].T)) @ lw["down"].T
-    return rms_norm(h, final_norm, eps) @ head.T
-
-
-def separate_qkv(wq, wk, wv):
-    return lambda a: (a @ wq.T, a @ wk.T, a @ wv.T)
-
-
-def hf_forward(sd, cfg, x):
-    layers = []
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        layers.append(
-            {
-                "attn_norm": sd[p + "input_layernorm.weight"],
-                "qkv": separate_qkv(
-                    sd[p + "self_attn.q_proj.weight"],
-                    sd[p + "self_attn.k_proj.weight"],
-                    sd[p + "self_attn.v_proj.weight"],
-                ),
-                "o": sd[p + "self_attn.o_proj.weight"],
-                "mlp_norm": sd[p + "post_attention_layernorm.weight"],
-                "gate": sd[p + "mlp.gate_proj.weight"],
-                "up": sd[p + "mlp.up_proj.weight"],
-                "down": sd[p + "mlp.down_proj.weight"],
-            }
-        )
-    return llama_block_stack(
-        x,
-        sd["model.embed_tokens.weight"],
-        layers,
-        sd["model.norm.weight"],
-        sd["lm_head.weight"],
-        cfg["num_attention_heads"],
-        cfg["num_key_value_heads"],
-        cfg["rms_norm_eps"],
-        cfg["rope_theta"],
-    )
-
-
 def llada_forward(sd, cfg, x):
     """LLaDA's "llama" block: ff_out(silu(ff_proj(x)) * up_proj(x)), head = transformer.ff_out."""
     layers = []
@@ -324,9 +251,9 @@ def llada_forward(sd, cfg, x):
         layers.append(
             {
                 "attn_norm": sd[p + "attn_norm.weight"],
-                "qkv": separate_qkv(
-                    sd[p + "q_proj.weight"], sd[p + "k_proj.weight"], sd[p + "v_proj.weight"]
-                ),
+                "q": sd[p + "q_proj.weight"],
+                "k": sd[p + "k_proj.weight"],
+                "v": sd[p + "v_proj.weight"],
                 "o": sd[p + "attn_out.weight"],
                 "mlp_norm": sd[p + "ff_norm.weight"],
                 "gate": sd[p + "ff_proj.weight"],
@@ -334,32 +261,27 @@ def llada_forward(sd, cfg, x):
                 "down": sd[p + "ff_out.weight"],
             }
         )
-    return llama_block_stack(
+    return llama_logits(
         x,
         sd["model.transformer.wte.weight"],
         layers,
         sd["model.transformer.ln_f.weight"],
         sd["model.transformer.ff_out.weight"],
-        cfg["n_heads"],
-        cfg["n_kv_heads"],
-        cfg["rms_norm_eps"],
-        cfg["rope_theta"],
+        num_heads=cfg["n_heads"],
+        num_kv_heads=cfg["n_kv_heads"],
+        eps=cfg["rms_norm_eps"],
+        rope_theta=cfg["rope_theta"],
     )
 
 
 def lit_gpt_qkv(w, n_head, n_query_groups):
-    """lit-gpt's CausalSelfAttention: view attn(x) as (B, T, groups, q_per_kv + 2, hs) and split
-    (q_per_kv, 1, 1) along that axis."""
+    """lit-gpt's CausalSelfAttention views attn(x) as (B, T, groups, q_per_kv + 2, hs) and splits
+    (q_per_kv, 1, 1) along that axis; the same cut of the weight's output rows gives q, k, v."""
     q_per_kv = n_head // n_query_groups
-
-    def run(a):
-        b, t, _ = a.shape
-        hs = w.shape[1] // n_head
-        qkv = (a @ w.T).view(b, t, n_query_groups, q_per_kv + 2, hs)
-        q, k, v = qkv.split((q_per_kv, 1, 1), dim=-2)
-        return q.reshape(b, t, -1), k.reshape(b, t, -1), v.reshape(b, t, -1)
-
-    return run
+    hs = w.shape[1] // n_head
+    rows = w.view(n_query_groups, q_per_kv + 2, hs, w.shape[1])
+    q, k, v = rows.split((q_per_kv, 1, 1), dim=1)
+    return tuple(t.reshape(-1, w.shape[1]) for t in (q, k, v))
 
 
 def smdm_forward(sd, cfg, x):
@@ -368,12 +290,13 @@ def smdm_forward(sd, cfg, x):
     layers = []
     for i in range(cfg["n_layer"]):
         p = f"transformer.h.{i}."
+        q, k, v = lit_gpt_qkv(sd[p + "attn.attn.weight"], cfg["n_head"], cfg["n_query_groups"])
         layers.append(
             {
                 "attn_norm": sd[p + "norm_1.weight"],
-                "qkv": lit_gpt_qkv(
-                    sd[p + "attn.attn.weight"], cfg["n_head"], cfg["n_query_groups"]
-                ),
+                "q": q,
+                "k": k,
+                "v": v,
                 "o": sd[p + "attn.proj.weight"],
                 "mlp_norm": sd[p + "norm_2.weight"],
                 "gate": sd[p + "mlp.swiglu.w1.weight"],
@@ -381,20 +304,20 @@ def smdm_forward(sd, cfg, x):
                 "down": sd[p + "mlp.swiglu.w3.weight"],
             }
         )
-    return llama_block_stack(
+    return llama_logits(
         x,
         sd["transformer.wte.weight"],
         layers,
         sd["transformer.ln_f.weight"],
         sd["lm_head.weight"],
-        cfg["n_head"],
-        cfg["n_query_groups"],
-        cfg["norm_eps"],
-        10000.0,
+        num_heads=cfg["n_head"],
+        num_kv_heads=cfg["n_query_groups"],
+        eps=cfg["norm_eps"],
+        rope_theta=10000.0,
     )
 
 
-REFERENCE = {"hf": hf_forward, "llada": llada_forward, "smdm": smdm_forward}
+REFERENCE = {"hf": hf_logits, "llada": llada_forward, "smdm": smdm_forward}
 
 
 @pytest.fixture(scope="module", params=[10000, 500000], ids=["base1e4", "base5e5"])
@@ -430,7 +353,7 @@ def test_exported_logits_match_training_model(trained_like_model, fmt):
     x[torch.rand(x.shape, generator=gen) < 0.4] = vocab.mask_id  # the [MASK] row is used
     with torch.no_grad():
         ours = model(x)[..., : shape.n_vocab]
-        ref = REFERENCE[fmt](exported, config, x)
+        ref = REFERENCE[fmt](exported, config, x).float()
     valid = torch.isfinite(ours)
     assert valid.any() and not valid[..., vocab.mask_id].any()
     assert torch.isfinite(ref).all()

@@ -1,5 +1,5 @@
-"""Likelihood estimators (DESIGN.md §7) against brute-force references on a toy model small enough
-that every mask pattern (and every answer) can be enumerated.
+"""Likelihood estimators (docs/design.md §7) against brute-force references on a toy model small
+enough that every mask pattern (and every answer) can be enumerated.
 
 The toy `model_fn` is a plain torch function of the whole input (bidirectional: every logit depends
 on every position, so the CE of a masked token depends on which other tokens are masked), with

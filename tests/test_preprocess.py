@@ -114,7 +114,7 @@ def test_round_trip_through_indexed_dataset(tmp_path, tokenizers, kind, fmt):
     assert summary["tokens"] == sum(map(len, want))
     assert summary["empty_skipped"] == blanks
     assert summary["dtype"] == "uint16"
-    assert outputs(tmp_path / "out") == ["data.bin", "data.idx"]
+    assert outputs(tmp_path / "out") == ["data.bin", "data.idx", "data.tokenizer.json"]
 
 
 def test_workers_give_identical_output(tmp_path, tokenizers):
@@ -193,6 +193,57 @@ def test_split_documents_none(tmp_path, tokenizers):
     summary = preprocess(inputs, str(tmp_path / "o"), tok, split_documents="none", progress=False)
     assert read_back(tmp_path / "o") == expected(tok, [first.rstrip("\n"), second])
     assert (summary["documents"], summary["empty_skipped"]) == (2, 0)
+
+
+def test_documents_modes(tmp_path, tokenizers):
+    """--documents line | blank-line | whole-file | jsonl, each against the documents written
+    here; `none` is the older name of whole-file."""
+    tok = build_tokenizer(*tokenizers["byte"])
+    text = "Para one, line one.\nPara one, line two.\n\n  \nPara two.\r\n\nPara three\n\n"
+    (tmp_path / "p.txt").write_text(text, newline="")
+    paragraphs = ["Para one, line one.\nPara one, line two.", "Para two.", "Para three"]
+    lines = ["Para one, line one.", "Para one, line two.", "Para two.", "Para three"]
+    cases = {"blank-line": paragraphs, "line": lines, "whole-file": [text.rstrip("\n")]}
+    cases["none"] = cases["whole-file"]
+    for mode, docs in cases.items():
+        preprocess(
+            [str(tmp_path / "p.txt")],
+            str(tmp_path / mode),
+            tok,
+            split_documents=mode,
+            progress=False,
+        )
+        assert read_back(tmp_path / mode) == expected(tok, docs), mode
+        assert list(iter_documents(str(tmp_path / "p.txt"), split_documents=mode)) == docs
+    # jsonl: JSON lines whatever the suffix (by suffix, a .txt is plain text).
+    write_jsonl(tmp_path / "records.txt", DOCS[:5])
+    preprocess(
+        [str(tmp_path / "records.txt")],
+        str(tmp_path / "j"),
+        tok,
+        split_documents="jsonl",
+        progress=False,
+    )
+    assert read_back(tmp_path / "j") == expected(tok, DOCS[:5])
+
+
+def test_documents_flag_and_the_older_split_documents_flag(tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("a\nb\n\nc\n")
+    base = ["--input", str(tmp_path / "p.txt"), "--tokenizer-type", "byte", "--no-progress"]
+    for flags, docs in (
+        ([], ["a", "b", "c"]),
+        (["--documents", "blank-line"], ["a\nb", "c"]),
+        (["--split-documents", "none"], ["a\nb\n\nc"]),
+        (["--split-documents", "line", "--documents", "line"], ["a", "b", "c"]),
+    ):
+        prefix = tmp_path / f"o{len(flags)}"
+        args = parse(add_preprocess_arguments, [*base, "--output-prefix", str(prefix), *flags])
+        assert run_preprocess_args(args) == 0
+        assert read_back(prefix) == [list(d.encode()) + [257] for d in docs], flags
+    both = ["--documents", "blank-line", "--split-documents", "none"]
+    args = parse(add_preprocess_arguments, [*base, "--output-prefix", str(tmp_path / "x"), *both])
+    assert run_preprocess_args(args) == 2
+    assert "--documents blank-line and --split-documents none disagree" in capsys.readouterr().err
 
 
 def test_large_vocab_uses_int32(tmp_path):

@@ -145,3 +145,34 @@ def test_read_split_without_tokens_is_a_config_error(
     )
     with pytest.raises(ConfigError, match=r"data\.split: the valid split .*corpus_a\.bin has 0 of"):
         build_sample_sources(cfg, tok, [prefixes["a"]], tmp_path / "cache")
+
+
+def test_prefixes_alone_weigh_by_their_token_counts(single_rank_world, tmp_path):
+    """`data.blend: [prefix, ...]` without weights: mixed as if the files were one."""
+    tok = build_tokenizer("byte", None)
+    prefixes, tokens = [], []
+    for letter, docs in (("a", 300), ("b", 900)):
+        text = tmp_path / f"{letter}.txt"
+        text.write_text("".join(letter * (20 + i % 7) + "\n" for i in range(docs)))
+        prefix = str(tmp_path / f"corpus_{letter}")
+        tokens.append(preprocess([str(text)], prefix, tok, progress=False)["tokens"])
+        prefixes.append(prefix)
+    overrides = [
+        "model.seq_length=16",
+        "train.global_batch_size=8",
+        "train.micro_batch_size=8",
+        "train.max_steps=250",
+        "data.split=100,0,0",
+    ]
+    cfg = load_config(None, [*overrides, f"data.blend=[{prefixes[0]}]"])
+    assert cfg.data.blend == [prefixes[0]]
+    alone = build_sample_sources(cfg, tok, cfg.data.blend, tmp_path / "c1")["train"]
+    weighted = build_sample_sources(cfg, tok, [1.0, prefixes[0]], tmp_path / "c2")["train"]
+    assert (alone.sample(7) == weighted.sample(7)).all()  # one prefix: weight 1, same samples
+
+    cfg = load_config(None, [*overrides, f"data.blend=[{prefixes[0]}, {prefixes[1]}]"])
+    train = build_sample_sources(cfg, tok, cfg.data.blend, tmp_path / "c3")["train"]
+    from_a = sum(
+        next(int(x) for x in train.sample(i) if x != tok.eos_id) == ord("a") for i in range(2000)
+    )
+    assert abs(from_a / 2000 - tokens[0] / sum(tokens)) < 0.02

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from helpers import QUICKSTART, read_metrics, run_mdm
@@ -21,13 +23,24 @@ COMMON = [
 
 
 def test_resume_continues_the_loss_curve_bit_identically(tmp_path):
+    """With the warmup-stable-decay schedule (its LambdaLR state is in the checkpoint); the
+    logged lr is the optimizer's, so it must continue on the curve too."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run_mdm(["train", QUICKSTART, *COMMON, "train.max_steps=6", f"train.output_dir={straight}"])
+    wsd = [
+        "train.lr_schedule=wsd",
+        "train.lr_decay_fraction=0.5",  # decays from step index 3
+        # samples at steps 3 and 6, from the model being trained (keyed by step)
+        "train.sample_interval=3",
+        "train.sample_length=8",
+    ]
+    run_mdm(["train", QUICKSTART, *COMMON, *wsd, "train.max_steps=6",
+             f"train.output_dir={straight}"])  # fmt: skip
     run_mdm(
         [
             "train",
             QUICKSTART,
             *COMMON,
+            *wsd,
             "train.max_steps=3",
             "checkpoint.save_interval=1",
             "checkpoint.keep_last=2",
@@ -42,7 +55,7 @@ def test_resume_continues_the_loss_curve_bit_identically(tmp_path):
     assert meta["config"]["model"]["seq_length"] == 64
 
     resumed = run_mdm(
-        ["train", QUICKSTART, *COMMON, "train.max_steps=6", f"train.output_dir={split}"]
+        ["train", QUICKSTART, *COMMON, *wsd, "train.max_steps=6", f"train.output_dir={split}"]
     )
     assert "resumed from" in resumed.stdout + resumed.stderr
     a, b = read_metrics(straight), read_metrics(split)
@@ -50,6 +63,14 @@ def test_resume_continues_the_loss_curve_bit_identically(tmp_path):
     for x, y in zip(a, b):
         assert x["loss"] == y["loss"], x["step"]  # bit-identical, not approximately equal
         assert x["lr"] == y["lr"]
+    samples = [json.loads(line) for line in (split / "samples.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["prompt"], len(r["samples"])) for r in samples] == [
+        (3, "The ", 2),
+        (6, "The ", 2),
+    ]
+    assert (split / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
+    # warmup (1 step), stable at 2e-3, then linear towards min_lr 2e-4 at step 6 (design §10)
+    assert [r["lr"] for r in b] == pytest.approx([2e-3, 2e-3, 2e-3, 2e-3, 1.4e-3, 8e-4])
     assert a[-1]["loss"] < a[0]["loss"]
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp")]
 
@@ -57,6 +78,7 @@ def test_resume_continues_the_loss_curve_bit_identically(tmp_path):
 def test_explicit_resume_path_and_none(tmp_path):
     first = tmp_path / "first"
     run_mdm(["train", QUICKSTART, *COMMON, "train.max_steps=2", f"train.output_dir={first}"])
+    per_step = read_metrics(first)
     second = tmp_path / "second"
     out = run_mdm(
         [
@@ -75,12 +97,18 @@ def test_explicit_resume_path_and_none(tmp_path):
             "train",
             QUICKSTART,
             *COMMON,
-            "train.max_steps=1",
+            "train.max_steps=2",
+            "logging.interval=2",
             "checkpoint.resume=none",
             f"train.output_dir={first}",
         ]
     )
     assert "resumed" not in fresh.stdout + fresh.stderr
+    # the same two steps logged once: `loss` is the interval's mean, `loss_last` the last one's
+    [both] = read_metrics(first)
+    assert both["step"] == 2 and both["nonfinite_steps"] == 0
+    assert both["loss"] == pytest.approx((per_step[0]["loss"] + per_step[1]["loss"]) / 2)
+    assert both["loss_last"] == per_step[1]["loss"]
 
 
 def test_sigterm_checkpoints_exits_zero_and_resume_continues_exactly(tmp_path):

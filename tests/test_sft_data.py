@@ -1,4 +1,5 @@
-"""SFT data (DESIGN.md §4): loading formats, truncation, keyed response-only masking, the loss."""
+"""SFT data (docs/design.md §4): loading formats, truncation, keyed response-only masking, the
+loss."""
 
 from __future__ import annotations
 
@@ -198,7 +199,10 @@ def test_named_format_errors(tmp_path, fmt, split, lines, problem):
         load_sft_examples(path, TOK, fmt="csv")
 
 
-@pytest.mark.skipif(not GSM8K_TXT.is_file(), reason="../shared/data/gsm8k not present")
+@pytest.mark.skipif(
+    not (GSM8K_TXT.is_file() and GSM8K_TXT.with_name("train.jsonl").is_file()),
+    reason="../shared/data/gsm8k (train_icot_format.txt, train.jsonl) not present",
+)
 def test_gsm8k_shared_files_load_and_split():
     txt = load_sft_examples(GSM8K_TXT, TOK, gsm8k_split_cot=True)
     assert len(txt) == 2 * 6973
@@ -401,7 +405,7 @@ def test_truncation_drop_policy():
 
 
 def loop_loss(ce, masked, p, prompt_lengths, length, normalize):
-    """DESIGN.md §4 written out element by element."""
+    """docs/design.md §4 written out element by element."""
     b_size = ce.shape[0]
     per_seq, total, tokens = [], 0.0, 0
     for b in range(b_size):

@@ -1,4 +1,4 @@
-"""`mdm sft` (DESIGN.md §4): the loss the trainer logs against a loop re-computation, prompt
+"""`mdm sft` (docs/design.md §4): the loss the trainer logs against a loop re-computation, prompt
 positions never masked and without gradient, a tiny run that learns, exact resume, TP/PP parity,
 the batch layout, the epochs rule and one-line errors."""
 
@@ -12,9 +12,10 @@ import pytest
 import torch
 from helpers import QUICKSTART, TINY_MODEL, read_metrics, read_val_metrics, run_cli, run_mdm
 
-from megatron_mdm.config import ConfigError, load_config
+from megatron_mdm.config import load_config
 from megatron_mdm.data.sft_batches import SFTBatches, epoch_order
 from megatron_mdm.data.tokenizers import build_tokenizer
+from megatron_mdm.training.schedule import warmup_warning
 from megatron_mdm.training.sft_run import load_sft_data, sft_run_length
 
 SEQ = 24
@@ -81,7 +82,7 @@ def load_model(cfg, ckpt):
 
 
 def loop_sft_loss(logits, examples, mb, normalize):
-    """DESIGN.md §4 element by element: log-softmax of each masked response position, weight
+    """docs/design.md §4 element by element: log-softmax of each masked response position, weight
     1/p, per-sequence sum over its response length (L - prompt length, pads included), mean over
     the batch; or one sum over the batch divided by all response tokens."""
     per_seq, total, tokens = [], 0.0, 0
@@ -220,8 +221,10 @@ def test_epochs_set_the_run_length_and_valid_holds_out_whole_lines(pre, tmp_path
     assert sft_run_length(cfg, 58).train.max_steps == math.ceil(2.5 * 58 / 8) == 19
     plain = sft_cfg(pre, "train.max_steps=7")
     assert sft_run_length(plain, 58).train.max_steps == 7  # no epochs: train.max_steps
-    with pytest.raises(ConfigError, match="train.warmup_steps"):
-        sft_run_length(sft_cfg(pre, "sft.epochs=0.1", "train.warmup_steps=5"), 58)
+    # a run shorter than its warmup: the warmup is clamped (with a start-up warning), not an error
+    short = sft_run_length(sft_cfg(pre, "sft.epochs=0.1", "train.warmup_steps=5"), 58).train
+    assert (short.max_steps, short.effective_warmup) == (1, 1)
+    assert "clamped to 1" in warmup_warning(short)
 
     gsm = tmp_path / "g.txt"
     gsm.write_text("".join(f"q{i}?||r{i}. #### {i}\n" for i in range(20)))

@@ -11,6 +11,7 @@ signal, exit 0 with a checkpoint, and the script must requeue the job.
 from __future__ import annotations
 
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,48 @@ def test_convert_dry_run(tmp_path):
     words = shlex.split(proc.stdout)
     assert words[:3] == ["srun", "--ntasks=1", "--cpus-per-task=16"]
     assert words[3:] == [str(ROOT / ".venv/bin/python"), "-m", "megatron_mdm.cli", "convert", *args]
+
+
+def sbatch_options(script: str) -> list[str]:
+    """The #SBATCH lines of a script, as Slurm reads them (before the first command)."""
+    options = []
+    for line in (ROOT / "slurm" / script).read_text().splitlines():
+        if line.startswith("#SBATCH "):
+            options.append(line.removeprefix("#SBATCH ").split("#")[0].strip())
+        elif line.strip() and not line.startswith("#"):
+            break
+    return options
+
+
+@pytest.mark.parametrize("script", ["pretrain.sbatch", "sft.sbatch"])
+def test_training_jobs_take_whole_nodes_and_their_memory(script):
+    options = sbatch_options(script)
+    assert "--exclusive" in options and "--mem=0" in options
+    # convert.sbatch shares a node: a fixed memory request, no GPU, not exclusive.
+    convert = sbatch_options("convert.sbatch")
+    assert "--exclusive" not in convert and "--mem=128G" in convert
+
+
+def test_dry_run_works_without_scontrol(tmp_path):
+    env = fake_slurm(tmp_path, SLURM_JOB_NODELIST="gpu[017-018,031]", SLURM_NNODES="3")
+    (tmp_path / "bin" / "scontrol").unlink()
+    if shutil.which("scontrol", path=env["PATH"]):
+        pytest.skip("a real scontrol is on PATH")
+    for script in ("pretrain.sbatch", "sft.sbatch"):
+        proc = dry_run(script, ["configs/quickstart.yaml"], env)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == f"MASTER_ADDR=gpu017 MASTER_PORT={PORT}"
+        assert "scontrol not found" in proc.stderr
+    # Without MDM_DRY_RUN the launch refuses (no allocation can lack scontrol).
+    proc = subprocess.run(
+        ["bash", "slurm/pretrain.sbatch", "configs/quickstart.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "scontrol not found" in proc.stderr
 
 
 @pytest.mark.parametrize(

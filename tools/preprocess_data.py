@@ -11,8 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-# Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _checkout, also under -P / -I
+from _checkout import use_checkout  # noqa: E402
+
+use_checkout()  # this checkout's megatron_mdm (and its kernels/), installed or not
 
 from megatron_mdm.data.preprocess import (  # noqa: E402
     add_preprocess_arguments,

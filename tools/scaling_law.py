@@ -19,9 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# Runnable from a checkout without installing the package.
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _checkout, also under -P / -I
+from _checkout import use_checkout  # noqa: E402
+
+use_checkout()  # this checkout's megatron_mdm (and its kernels/), installed or not
 
 from megatron_mdm.config import ConfigError  # noqa: E402
 from megatron_mdm.scaling.errors import ScalingLawError  # noqa: E402

@@ -1,12 +1,18 @@
 #!/bin/bash
-# IsoFLOP sweep on a CPU: tiny MDMs and ARMs on tinyshakespeare (byte tokenizer), three compute
-# budgets, final validation losses fitted with L(C) = a * C^(-alpha). See README.md here.
+# IsoFLOP sweep on a CPU: tiny MDMs and ARMs (byte tokenizer) on the built-in synthetic corpus or
+# a text file of yours (DATA=...), three compute budgets, final validation losses fitted with
+# L(C) = a * C^(-alpha). See README.md here.
 #
 #   bash examples/scaling_law/run_cpu.sh               # from anywhere; ~15 min on 2 idle cores
+#   DATA=path/to/input.txt bash examples/scaling_law/run_cpu.sh      # e.g. tinyshakespeare
 #   OUT=runs/my_sweep BUDGETS="1e11 3e11" bash examples/scaling_law/run_cpu.sh
 #
 # Re-running continues an interrupted sweep: finished runs are skipped.
 set -eu -o pipefail
+DATA=${DATA:-}   # a plain-text file (relative to where you run this); empty: the synthetic corpus
+if [ -n "$DATA" ]; then
+    DATA=$(realpath -m -- "$DATA")
+fi
 cd "$(dirname "$0")/../.."
 
 PY=${PY:-.venv/bin/python}
@@ -15,15 +21,19 @@ RESULTS=${RESULTS:-examples/scaling_law/results}
 BUDGETS=${BUDGETS:-"3e10 1e11 3e11"}
 SIZES=${SIZES:-"1x16x1,1x24x2,1x32x2,1x48x3,2x48x3,2x64x4"}
 TOKENS_PER_PARAM=${TOKENS_PER_PARAM:-"2.5 400"}
-DATA=${DATA:-../shared/data/tinyshakespeare/input.txt}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 DATA_ARGS=()
-if [ -f "$DATA" ]; then
+CORPUS="synthetic corpus"
+if [ -n "$DATA" ]; then
+    if [ ! -f "$DATA" ]; then
+        echo "run_cpu.sh: DATA=$DATA: no such file" >&2
+        exit 2
+    fi
     DATA_ARGS=(--override "data.text_file=$DATA")
-else
-    echo "$DATA not found: using the built-in synthetic corpus" >&2
+    CORPUS=$(basename "$DATA")
 fi
+TITLE=${TITLE:-"tiny MDM vs ARM, $CORPUS, CPU"}   # the plot's title
 
 # One config per (objective, size, budget), sizes kept where 2.5 <= tokens/params <= 400 (a
 # window around each budget's optimum: 4 sizes per budget). seq 128 x 8 sequences = 1024 tokens
@@ -45,4 +55,4 @@ echo "sweep wall time: $(($(date +%s) - start)) s"
 mkdir -p "$RESULTS"
 "$PY" tools/scaling_law.py collect "$OUT" -o "$RESULTS/results.csv"
 "$PY" tools/scaling_law.py fit "$RESULTS/results.csv" --plot "$RESULTS/isoflop.png" \
-    --title "tiny MDM vs ARM, tinyshakespeare, CPU" | tee "$RESULTS/fit.txt"
+    --title "$TITLE" | tee "$RESULTS/fit.txt"

@@ -41,7 +41,26 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
+def weights_are_finite(engine) -> bool:
+    """Every rank's share of the weights is free of inf/NaN (the same answer on every rank). At
+    ZeRO-3 a rank holds its partition (`ds_tensor`); otherwise its TP/PP shard of the module."""
+    finite = all(
+        bool(torch.isfinite(getattr(p, "ds_tensor", p)).all()) for p in engine.module.parameters()
+    )
+    flag = torch.tensor([int(finite)], dtype=torch.int32, device=engine.device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def save_checkpoint(engine, cfg: ExperimentConfig, ctx, step: int, meta_extra: dict) -> Path:
+    """Save step `step` (every rank); never weights that are not finite (CheckpointError, with
+    nothing written: the newest checkpoint stays the newest finite one)."""
+    if not weights_are_finite(engine):
+        raise CheckpointError(
+            f"step {step}: the model weights are not finite (inf/NaN); checkpoint not written "
+            f"(the newest finite one in {checkpoint_root(cfg)} is kept)"
+        )
     root = checkpoint_root(cfg)
     tag = tag_for(step)
     tmp_tag = TMP_PREFIX + tag
@@ -58,7 +77,7 @@ def save_checkpoint(engine, cfg: ExperimentConfig, ctx, step: int, meta_extra: d
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, tmp_dir / f"rng_rank_{ctx.rank:05d}.pt")
     if ctx.is_logging_rank:
-        meta = {"step": step, "config": to_dict(cfg), **meta_extra}
+        meta = {"step": step, "weights_finite": True, "config": to_dict(cfg), **meta_extra}
         atomic_write_text(tmp_dir / META, yaml.safe_dump(meta, sort_keys=False))
     _barrier()
     final = root / tag

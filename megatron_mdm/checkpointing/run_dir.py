@@ -107,7 +107,19 @@ def complete_tags(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX))
 
 
+def _checked_finite(ckpt_dir: Path) -> bool:
+    """Whether the save checked the weights finite (`weights_finite` in meta.yaml)."""
+    try:
+        return bool(read_meta(ckpt_dir).get("weights_finite"))
+    except CheckpointError:
+        return False
+
+
 def prune(root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints."""
-    for old in complete_tags(root)[:-keep_last]:
-        shutil.rmtree(old)
+    """Delete all but the newest `keep_last` complete checkpoints, and never the newest one
+    whose weights were checked finite (older runs may have saved NaN weights after it)."""
+    tags = complete_tags(root)
+    newest_finite = next((p for p in reversed(tags) if _checked_finite(p)), None)
+    for old in tags[:-keep_last]:
+        if old != newest_finite:
+            shutil.rmtree(old)

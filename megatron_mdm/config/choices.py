@@ -12,9 +12,12 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "BLOCK_T_SAMPLINGS",
     "COMPARED_OBJECTIVES",
+    "DATA_VALIDATIONS",
     "DIFFUSION_LOSSES",
     "FP8_GRAD_FORMATS",
     "FP8_RECIPES",
+    "LR_SCHEDULES",
+    "NONFINITE_POLICIES",
     "OBJECTIVES",
     "PAD_TO",
     "PRECISIONS",
@@ -24,13 +27,17 @@ __all__ = [
     "TOKENIZER_TYPES",
     "TRANSFORMER_IMPLS",
     "TRUNCATION_POLICIES",
+    "WANDB_MODES",
     "T_SAMPLINGS",
     "ZERO_STAGES",
     "AttentionBackend",
     "BlockTSampling",
+    "DataValidation",
     "DiffusionLoss",
     "FP8GradFormat",
     "FP8Recipe",
+    "LRSchedule",
+    "NonFinitePolicy",
     "Objective",
     "PadTo",
     "Precision",
@@ -41,6 +48,7 @@ __all__ = [
     "TokenizerType",
     "TransformerImpl",
     "TruncationPolicy",
+    "WandbMode",
     "ZeroStage",
 ]
 
@@ -56,10 +64,14 @@ Precision = Literal["fp32", "bf16", "fp8"]
 FP8Recipe = Literal["delayed", "current"]
 FP8GradFormat = Literal["e5m2", "e4m3"]
 TokenizerType = Literal["byte", "sentencepiece", "hf"]
+DataValidation = Literal["sample", "full"]
 SFTFormat = Literal["auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot"]
 SFTNormalize = Literal["sequence", "token"]
 TruncationPolicy = Literal["response", "prompt_left", "drop"]
 PadTo = Literal["max", "longest"]
+LRSchedule = Literal["cosine", "wsd", "constant"]
+NonFinitePolicy = Literal["skip", "stop"]
+WandbMode = Literal["online", "offline"]
 
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 TRANSFORMER_IMPLS: tuple[TransformerImpl, ...] = get_args(TransformerImpl)
@@ -76,7 +88,11 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 FP8_RECIPES: tuple[FP8Recipe, ...] = get_args(FP8Recipe)
 FP8_GRAD_FORMATS: tuple[FP8GradFormat, ...] = get_args(FP8GradFormat)
 TOKENIZER_TYPES: tuple[TokenizerType, ...] = get_args(TokenizerType)
+DATA_VALIDATIONS: tuple[DataValidation, ...] = get_args(DataValidation)
 SFT_FORMATS: tuple[SFTFormat, ...] = get_args(SFTFormat)
 SFT_NORMALIZE: tuple[SFTNormalize, ...] = get_args(SFTNormalize)
 TRUNCATION_POLICIES: tuple[TruncationPolicy, ...] = get_args(TruncationPolicy)
 PAD_TO: tuple[PadTo, ...] = get_args(PadTo)
+LR_SCHEDULES: tuple[LRSchedule, ...] = get_args(LRSchedule)
+NONFINITE_POLICIES: tuple[NonFinitePolicy, ...] = get_args(NonFinitePolicy)
+WANDB_MODES: tuple[WandbMode, ...] = get_args(WandbMode)

@@ -11,7 +11,7 @@ from megatron_mdm.config.checks import ConfigError, Fail
 if TYPE_CHECKING:
     from megatron_mdm.config.schema import ExperimentConfig
 
-__all__ = ["check_block", "check_fp8", "check_layout", "check_world_size"]
+__all__ = ["check_block", "check_fp8", "check_layout", "check_sampling", "check_world_size"]
 
 
 def check_layout(cfg: ExperimentConfig, fail: Fail) -> None:
@@ -61,6 +61,17 @@ def check_block(cfg: ExperimentConfig, fail: Fail) -> None:
             "diffusion.block_size_schedule",
             f"ends at block size {d.block_size_schedule[-1][1]}, but diffusion.block_size = "
             f"{d.block_size} (the block size the model is sampled with)",
+        )
+
+
+def check_sampling(cfg: ExperimentConfig, fail: Fail) -> None:
+    """Training-time samples (prompt + generated tokens) fit in the model's sequence length."""
+    t, m = cfg.train, cfg.model
+    if t.sample_interval > 0 and t.sample_length >= m.seq_length:
+        fail(
+            "train.sample_length",
+            f"{t.sample_length} leaves no room for the prompt within model.seq_length = "
+            f"{m.seq_length}",
         )
 
 

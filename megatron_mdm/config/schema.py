@@ -21,14 +21,18 @@ from megatron_mdm.config.checks import (
     non_negative,
     positive,
     short,
+    step_schedule,
     within,
 )
 from megatron_mdm.config.choices import (
     AttentionBackend,
     BlockTSampling,
+    DataValidation,
     DiffusionLoss,
     FP8GradFormat,
     FP8Recipe,
+    LRSchedule,
+    NonFinitePolicy,
     Objective,
     PadTo,
     Precision,
@@ -39,10 +43,11 @@ from megatron_mdm.config.choices import (
     TransformerImpl,
     TruncationPolicy,
     TSampling,
+    WandbMode,
     ZeroStage,
 )
 from megatron_mdm.config.coerce import check_types
-from megatron_mdm.config.rules import check_block, check_fp8, check_layout
+from megatron_mdm.config.rules import check_block, check_fp8, check_layout, check_sampling
 
 __all__ = [
     "ChatTemplateConfig",
@@ -90,16 +95,23 @@ class DataConfig:
     built-in synthetic corpus, so a smoke run needs no data."""
     blend: list | None = None
     """Preprocessed Megatron datasets, ``[w1, prefix1, w2, prefix2, ...]``: each prefix names a
-    ``.bin``/``.idx`` pair, sampled in proportion to its weight. Excludes ``text_file``."""
+    ``.bin``/``.idx`` pair, sampled in proportion to its weight. Prefixes alone, ``[prefix]`` or
+    ``[prefix1, prefix2]``, weigh each by its number of tokens (as if the files were one).
+    Excludes ``text_file``."""
     split: str = "969,30,1"
     """Train, valid, test weights (Megatron style): the share of documents in each split."""
+    validate: DataValidation = "sample"
+    """Checks of every dataset at start-up (docs/design.md §12): sample: the .idx header, sizes
+    and pointers in full, token ids < vocabulary in evenly spread windows of the .bin (whole
+    .bin up to 64 MiB); full: every token id as well (reads the whole .bin on every rank)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """The tokenizer of the corpus; it also sets the vocabulary when model.vocab_size is null."""
     num_workers: int = 0
     """Data-loader worker processes per rank; 0 reads in the training process."""
 
-    def validate(self, fail: Fail) -> None:
-        """Worker count, split weights, blend entries, the text_file / blend exclusion."""
+    def check(self, fail: Fail) -> None:
+        """Worker count, split weights, blend entries, the text_file / blend exclusion. (Named
+        check, not validate like the other sections': ``data.validate`` is a setting.)"""
         non_negative(fail, "data.num_workers", self.num_workers)
         _check_split(fail, self.split)
         if self.blend is not None:
@@ -118,8 +130,15 @@ def _check_split(fail: Fail, split: str) -> None:
 
 
 def _check_blend(fail: Fail, blend: list) -> None:
+    if blend and all(isinstance(x, str) for x in blend):  # prefixes only: implicit weights
+        if not all(blend):
+            fail("data.blend", f"a dataset prefix is empty in {short(blend)}")
+        return
     if not blend or len(blend) % 2:
-        fail("data.blend", f"expected [weight, prefix, weight, prefix, ...], got {short(blend)}")
+        fail(
+            "data.blend",
+            f"expected [weight, prefix, weight, prefix, ...] or [prefix, ...], got {short(blend)}",
+        )
     for i in range(0, len(blend), 2):
         weight, prefix = blend[i], blend[i + 1]
         if isinstance(weight, bool) or not isinstance(weight, int | float):
@@ -244,28 +263,18 @@ class DiffusionConfig:
     LLaDA); mdlm: MDLM's log-linear schedule weight 1 / t, with t recovered from p."""
 
     block_size: int | None = None
-    """model.objective=block: tokens per block B; must divide model.seq_length. B =
-    seq_length is the plain MDM, B = 1 an ARM (docs/design.md §11). Also the block size of
-    validation, sampling and likelihood. Only for model.objective=block."""
+    """model.objective=block: tokens per block B, dividing model.seq_length (B = L: the MDM,
+    B = 1: an ARM; docs/design.md §11); also the B of validation, sampling and likelihood."""
     block_t_sampling: BlockTSampling = "block"
-    """model.objective=block: one t per block (BD3-LM), or one t per sequence shared by all
-    its blocks (then B = seq_length draws exactly the mdm objective's masks)."""
+    """model.objective=block: one t per block (BD3-LM) or one per sequence, shared by its blocks."""
     block_size_schedule: list | None = None
-    """model.objective=block: the training block size by step, [[step, B], ...], piecewise
-    constant from step 0, e.g. LLaDA2.0's warmup-stable-decay [[0, 1], [500, 4], [1000, 32],
-    [2000, 4096], [8000, 32]] for adapting a causal LM; the last B must equal
-    diffusion.block_size. None: diffusion.block_size at every step."""
+    """model.objective=block: training B by step, [[step, B], ...] piecewise constant from step 0
+    (LLaDA2.0's warmup-stable-decay); ends at diffusion.block_size. None: block_size throughout."""
 
     def block_size_at(self, step: int) -> int | None:
-        """The training block size at optimizer step `step` (a pure function of the step, so a
-        resumed run trains exactly as an uninterrupted one)."""
-        if not self.block_size_schedule:
-            return self.block_size
-        size = self.block_size_schedule[0][1]
-        for start, b in self.block_size_schedule:
-            if step >= start:
-                size = b
-        return size
+        """The training block size at `step` (a pure function of the step: exact on resume)."""
+        sizes = [b for start, b in self.block_size_schedule or () if start <= step]
+        return sizes[-1] if sizes else self.block_size
 
     def validate(self, fail: Fail) -> None:
         """eps and var_len_prob are probabilities; block size and schedule are well formed."""
@@ -273,29 +282,7 @@ class DiffusionConfig:
         within(fail, "diffusion.eps", self.eps)
         within(fail, "diffusion.var_len_prob", self.var_len_prob, closed=True)
         positive(fail, "diffusion.block_size", self.block_size)
-        if self.block_size_schedule is not None:
-            _check_block_schedule(fail, self.block_size_schedule)
-
-
-def _check_block_schedule(fail: Fail, schedule: list) -> None:
-    key = "diffusion.block_size_schedule"
-    if not schedule:
-        fail(key, "must list at least one [step, block_size] pair (or be null)")
-    last = -1
-    for i, pair in enumerate(schedule):
-        ints = isinstance(pair, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in pair
-        )
-        if not ints or len(pair) != 2:
-            fail(key, f"item {i} should be a [step, block_size] pair of ints, got {short(pair)}")
-        step, size = pair
-        if i == 0 and step != 0:
-            fail(key, f"must start at step 0, got {short(pair)}")
-        if step <= last:
-            fail(key, f"steps must increase, got {step} after {last}")
-        if size < 1:
-            fail(key, f"item {i}: block size must be >= 1, got {size}")
-        last = step
+        step_schedule(fail, "diffusion.block_size_schedule", self.block_size_schedule)
 
 
 @dataclass
@@ -344,9 +331,16 @@ class TrainConfig:
     min_lr: float = 2e-5
     """Learning rate at the end of the cosine decay (and after it)."""
     warmup_steps: int = 0
-    """Linear warmup from 0 to lr."""
+    """Linear warmup from 0 to lr; longer than the decay (a short run) is clamped to it, with a
+    warning at start-up."""
+    lr_schedule: LRSchedule = "cosine"
+    """After warmup: cosine (decay to min_lr by lr_decay_steps, SMDM); wsd (warmup-stable-decay,
+    LLaDA: lr until the last lr_decay_fraction of the post-warmup steps, then linear to min_lr);
+    constant (lr to the end). Formulas: docs/design.md §10."""
     lr_decay_steps: int | None = None
-    """Step at which the cosine decay reaches min_lr; None: decay over the whole run."""
+    """Step at which the decay (cosine or wsd) reaches min_lr; None: the end of the run."""
+    lr_decay_fraction: float = 0.1
+    """wsd only: the share of the steps between warmup and lr_decay_steps spent decaying."""
     weight_decay: float = 0.1
     """AdamW decoupled weight decay; not applied to 1-D parameters (norms)."""
     grad_clip: float = 1.0
@@ -374,10 +368,30 @@ class TrainConfig:
     this step); None: delayed with Transformer Engine, current with the local FP8 layers."""
     fp8_grad_format: FP8GradFormat = "e5m2"
     """precision=fp8 format of output gradients: e5m2 (more range) or e4m3 (more precision)."""
+    nonfinite: NonFinitePolicy = "skip"
+    """A step whose loss or gradient norm is inf/NaN: skip (no optimizer update, counted in the
+    metrics; the run stops after max_nonfinite_steps in a row) or stop (at the first one). Either
+    way no checkpoint with non-finite weights is written."""
+    max_nonfinite_steps: int = 10
+    """nonfinite=skip: this many non-finite steps in a row stop the run (naming the step)."""
+    sample_interval: int = 0
+    """Steps between a few samples from sample_prompt written to samples.jsonl and TensorBoard
+    (rank 0, TP = PP = 1 and ZeRO < 3 only); 0: off."""
+    sample_prompt: str = "The "
+    """The fixed prompt of the training-time samples."""
+    sample_length: int = 32
+    """Tokens generated per training-time sample (one block, one token revealed per step)."""
+    sample_count: int = 2
+    """Samples per sample_interval (keyed by seed, step and index: reproducible)."""
 
     @property
     def decay_steps(self) -> int:
         return self.max_steps if self.lr_decay_steps is None else self.lr_decay_steps
+
+    @property
+    def effective_warmup(self) -> int:
+        """warmup_steps, clamped to the decay end (a run shorter than its warmup)."""
+        return min(self.warmup_steps, self.decay_steps)
 
     def validate(self, fail: Fail) -> None:
         """Ranges of every number, then the schedule and batch arithmetic."""
@@ -398,6 +412,11 @@ class TrainConfig:
         positive(fail, "train.adam_eps", self.adam_eps)
         within(fail, "train.adam_beta1", self.adam_beta1)
         within(fail, "train.adam_beta2", self.adam_beta2)
+        within(fail, "train.lr_decay_fraction", self.lr_decay_fraction, closed=True)
+        positive(fail, "train.max_nonfinite_steps", self.max_nonfinite_steps)
+        non_negative(fail, "train.sample_interval", self.sample_interval)
+        positive(fail, "train.sample_length", self.sample_length)
+        positive(fail, "train.sample_count", self.sample_count)
         self._check_schedule(fail)
         if not self.output_dir:
             fail("train.output_dir", "must not be empty")
@@ -411,16 +430,6 @@ class TrainConfig:
             )
         if self.min_lr > self.lr:
             fail("train.min_lr", f"{self.min_lr} is larger than train.lr = {self.lr}")
-        if self.warmup_steps > self.max_steps:
-            fail(
-                "train.warmup_steps",
-                f"{self.warmup_steps} is larger than train.max_steps = {self.max_steps}",
-            )
-        if self.warmup_steps > self.decay_steps:
-            fail(
-                "train.warmup_steps",
-                f"{self.warmup_steps} is larger than train.lr_decay_steps = {self.decay_steps}",
-            )
         if self.eval_interval > 0 and self.eval_iters < 1:
             fail("train.eval_iters", "must be >= 1 when train.eval_interval > 0")
 
@@ -459,14 +468,23 @@ class LoggingConfig:
     progress: bool = True
     """Show a progress bar on the logging rank."""
     peak_tflops: float | None = None
-    """Per-GPU peak TFLOP/s, the denominator of MFU; None: MFU is not reported."""
+    """Per-device peak TFLOP/s, the denominator of MFU; None: a known GPU's dense bf16 peak, and
+    on CPUs or unknown GPUs MFU is n/a (null)."""
+    wandb: bool = False
+    """Also log the metrics (and samples) to Weights & Biases; needs the wandb package."""
+    wandb_project: str = "megatron-mdm"
+    """The W&B project; the run is named after train.output_dir and resumes with it."""
+    wandb_mode: WandbMode = "online"
+    """online, or offline (files under <output_dir>/wandb, uploaded later by `wandb sync`)."""
 
     def validate(self, fail: Fail) -> None:
-        """A positive log interval and peak."""
+        """A positive log interval and peak, a W&B project name."""
         if self.interval < 1:
             fail("logging.interval", f"must be >= 1, got {self.interval}")
         finite(fail, "logging.peak_tflops", self.peak_tflops)
         positive(fail, "logging.peak_tflops", self.peak_tflops)
+        if self.wandb and not self.wandb_project:
+            fail("logging.wandb_project", "must not be empty when logging.wandb is on")
 
 
 @dataclass
@@ -493,7 +511,8 @@ class ChatTemplateConfig:
 
 @dataclass
 class SFTConfig:
-    """``sft``: supervised fine-tuning by ``mdm sft`` (DESIGN.md §4); ``mdm train`` ignores it."""
+    """``sft``: supervised fine-tuning by ``mdm sft`` (docs/design.md §4); ``mdm train`` ignores
+    it."""
 
     data: list | str | None = None
     """Training file, or a list of files (required by ``mdm sft``)."""
@@ -608,19 +627,20 @@ class ExperimentConfig:
         """Check types, then each section on its own, then the rules across sections; raise
         the first problem as a one-line ConfigError naming the source and the key."""
         check_types(self, "", self.source)
-        for section in (
-            self.model,
-            self.diffusion,
-            self.parallel,
-            self.train,
-            self.checkpoint,
-            self.logging,
-            self.data,
-            self.sft,
+        for check in (
+            self.model.validate,
+            self.diffusion.validate,
+            self.parallel.validate,
+            self.train.validate,
+            self.checkpoint.validate,
+            self.logging.validate,
+            self.data.check,  # `data.validate` is a setting (docs/design.md §12)
+            self.sft.validate,
         ):
-            section.validate(self._fail)
+            check(self._fail)
         check_layout(self, self._fail)
         check_block(self, self._fail)
+        check_sampling(self, self._fail)
         if self.train.precision == "fp8":
             check_fp8(self, self._fail)
 

@@ -5,7 +5,7 @@ layer spec, `_extra_state` dropped. Gathering shards into it (and splitting it b
 is `model/sharding.py`'s job; this module only renames and re-cuts whole tensors, so every format
 is reachable from any parallel layout through one pivot.
 
-Layouts (DESIGN.md §8); every name ends in `.weight`. Per layer i: L = `decoder.layers.i`,
+Layouts (docs/design.md §8); every name ends in `.weight`. Per layer i: L = `decoder.layers.i`,
 M = `model.layers.i`, B = `model.transformer.blocks.i`, H = `transformer.h.i`.
 
     canonical (megatron)         hf                          llada               smdm (lit-gpt)
@@ -195,7 +195,7 @@ def to_te_names(sd: Mapping[str, Any]) -> StateDict:
 
 def canonical_shapes(shape: ModelShape, padded_vocab: int) -> dict[str, tuple[int, ...]]:
     d, hd = shape.hidden_size, shape.head_dim
-    out = {EMBEDDING: (padded_vocab, d)}
+    out: dict[str, tuple[int, ...]] = {EMBEDDING: (padded_vocab, d)}
     for i in range(shape.num_layers):
         out[INPUT_NORM.format(i=i)] = (d,)
         out[QKV.format(i=i)] = ((shape.num_heads + 2 * shape.num_kv_groups) * hd, d)
@@ -353,7 +353,7 @@ _SMDM = _Names(
 
 def _shapes(names: _Names, shape: ModelShape) -> dict[str, tuple[int, ...]]:
     d, hd, f = shape.hidden_size, shape.head_dim, shape.ffn_size
-    out = {names.embed: (shape.n_vocab, d)}
+    out: dict[str, tuple[int, ...]] = {names.embed: (shape.n_vocab, d)}
     for i in range(shape.num_layers):
         out[names.attn_norm.format(i=i)] = (d,)
         if names.qkv:

@@ -21,11 +21,9 @@ def _fingerprint(*parts) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=4).hexdigest()
 
 
-def resolve_blend(cfg: ExperimentConfig, tokenizer, is_builder: bool) -> list:
-    """The Megatron-style blend list to train on; builds the on-the-fly dataset if needed."""
-    if cfg.data.blend:
-        return list(cfg.data.blend)
-    data_dir = Path(cfg.train.output_dir) / "data"
+def on_the_fly_prefix(cfg: ExperimentConfig, data_dir: Path) -> tuple[Path, Path]:
+    """(dataset prefix, text it is made of) of a run without `data.blend`: `data.text_file` or
+    the synthetic corpus, named after the text (path, size, mtime) and the tokenizer."""
     tok = cfg.data.tokenizer
     if cfg.data.text_file:
         text = Path(cfg.data.text_file)
@@ -36,10 +34,19 @@ def resolve_blend(cfg: ExperimentConfig, tokenizer, is_builder: bool) -> list:
     else:
         text = data_dir / "synthetic_corpus.txt"
         name = f"synthetic-{_fingerprint(tok.type, tok.model)}"
-    prefix = data_dir / name
-    if is_builder and not (
-        prefix.with_suffix(".bin").exists() and prefix.with_suffix(".idx").exists()
-    ):
+    return data_dir / name, text
+
+
+def resolve_blend(
+    cfg: ExperimentConfig, tokenizer, is_builder: bool, data_dir: Path | None = None
+) -> list:
+    """The Megatron-style blend list to train on; builds the on-the-fly dataset if needed
+    (into `data_dir`, default `<train.output_dir>/data`)."""
+    if cfg.data.blend:
+        return list(cfg.data.blend)
+    data_dir = Path(cfg.train.output_dir) / "data" if data_dir is None else Path(data_dir)
+    prefix, text = on_the_fly_prefix(cfg, data_dir)
+    if is_builder and not (Path(f"{prefix}.bin").exists() and Path(f"{prefix}.idx").exists()):
         if not cfg.data.text_file:
             write_corpus(text)
         preprocess([str(text)], str(prefix), tokenizer, workers=1, progress=True)

@@ -1,4 +1,5 @@
-"""Turn raw text into a megatron-core indexed dataset (``PREFIX.bin`` + ``PREFIX.idx``).
+"""Turn raw text into a megatron-core indexed dataset (``PREFIX.bin`` + ``PREFIX.idx``, with
+the tokenizer fingerprint ``PREFIX.tokenizer.json`` beside them: docs/design.md §12).
 
 Tokenising once, ahead of training, keeps tokenizers out of the training loop and lets every rank
 memory-map the same token stream. Each document is one sequence ending with EOS, so packing can
@@ -6,7 +7,8 @@ cut documents anywhere and still see where one ends.
 
 Choices that matter at corpus scale:
 - Inputs are read lazily (line by line, parquet batch by batch), so memory stays flat whatever
-  the file size; only ``split_documents="none"`` holds one whole file, since it is one document.
+  the file size; only ``split_documents="whole-file"`` holds one whole file, since it is one
+  document (``blank-line`` holds one paragraph).
 - Workers tokenise chunks of documents while the main process reads and writes; ``imap`` keeps
   chunks in input order, so the output is byte-identical for any number of workers.
 - Bad input stops the run with one line naming the file and line, and the output appears only
@@ -31,20 +33,24 @@ import numpy as np
 
 from megatron_mdm.config import ConfigError
 from megatron_mdm.data.readers import (
+    DOCUMENT_MODES,
     SPLIT_MODES,
     Counters,
     InputSource,
     PreprocessError,
     check_split_mode,
+    document_mode,
     read_documents,
     resolve_input,
 )
+from megatron_mdm.data.tokenizer_sidecar import SIDECAR_SUFFIX, write_sidecar
 from megatron_mdm.data.tokenizers import (
     TOKENIZER_TYPES,
     Tokenizer,
     TokenizerSpec,
     build_tokenizer,
 )
+from megatron_mdm.utils import one_line
 
 __all__ = [
     "add_preprocess_arguments",
@@ -177,12 +183,15 @@ def _progress_bar(sources: list[InputSource], enabled: bool):
     return tqdm(total=total, unit="doc", unit_scale=True, disable=not enabled), "records"
 
 
+_OUTPUTS = (".bin", SIDECAR_SUFFIX, ".idx")  # publication order: the .idx completes a dataset
+
+
 def _publish(tmp: str, prefix: str) -> None:
     """Old .idx first, new .idx last: an interrupted rename leaves no .idx rather than a new
-    .bin under an old index."""
+    .bin (or tokenizer sidecar) under an old index."""
     Path(prefix + ".idx").unlink(missing_ok=True)
-    os.replace(tmp + ".bin", prefix + ".bin")
-    os.replace(tmp + ".idx", prefix + ".idx")
+    for ext in _OUTPUTS:
+        os.replace(tmp + ext, prefix + ext)
 
 
 def preprocess(
@@ -197,8 +206,10 @@ def preprocess(
 ) -> dict:
     """Tokenise ``inputs`` into ``OUTPUT_PREFIX.bin/.idx`` and return a summary.
 
-    Inputs: text files (one document per line, or per file with ``split_documents="none"``),
-    JSON-lines (``.jsonl``/``.json``, field ``json_key``), parquet (column ``json_key``),
+    Inputs: text files (``split_documents``: one document per ``line``, per paragraph with
+    ``blank-line``, per file with ``whole-file`` (old name ``none``), or every file read as JSON
+    lines with ``jsonl``), JSON-lines (``.jsonl``/``.json``, field ``json_key``), parquet (column
+    ``json_key``),
     a `datasets` folder saved with ``save_to_disk``, or a `datasets` name (split ``hf_split``).
     Empty lines/texts are skipped and counted. ``progress=False`` shows no bar and prints no
     summary. Raises :class:`PreprocessError` for bad input; then no output is left behind.
@@ -208,7 +219,7 @@ def preprocess(
     check_split_mode(split_documents)
     if workers < 1:
         raise PreprocessError(f"workers={workers}: must be >= 1")
-    sources = [resolve_input(str(p), json_key, hf_split) for p in inputs]
+    sources = [resolve_input(str(p), json_key, hf_split, split_documents) for p in inputs]
 
     with warnings.catch_warnings():  # megatron-core announces absent optional accelerators
         warnings.simplefilter("ignore")
@@ -238,6 +249,7 @@ def preprocess(
             bar.update(consumed_bytes if unit == "bytes" else consumed_records)
         bar.update(max(0, (counters.bytes if unit == "bytes" else counters.records) - bar.n))
         builder.finalize(tmp + ".idx")
+        write_sidecar(tmp + SIDECAR_SUFFIX, tokenizer)
         _publish(tmp, prefix)
     except BaseException:
         bar.leave = False  # the error line, not a half-full bar, is the last thing shown
@@ -245,7 +257,7 @@ def preprocess(
             results.close()  # stops the worker pool before the files go
         if builder is not None:
             builder.data_file.close()
-        for ext in (".bin", ".idx"):
+        for ext in _OUTPUTS:
             Path(tmp + ext).unlink(missing_ok=True)
         raise
     finally:
@@ -295,10 +307,15 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     )
     parser.add_argument("--json-key", default="text", help="field/column with the text")
     parser.add_argument(
+        "--documents",
+        choices=DOCUMENT_MODES,
+        help="how text files become documents: one per line (default), per paragraph "
+        "(blank-line), per file (whole-file); jsonl: read every file as JSON lines",
+    )
+    parser.add_argument(
         "--split-documents",
         choices=SPLIT_MODES,
-        default="line",
-        help="text files: one document per line (line) or per file (none)",
+        help="older spelling of --documents: line, or none (= whole-file)",
     )
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     parser.add_argument("--hf-split", default="train", help="split of a datasets input")
@@ -310,9 +327,17 @@ def cli_error(command: str, exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.strerror:
         text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     else:
-        text = " ".join(str(exc).split())
+        text = one_line(" ".join(str(exc).split()))
     print(f"mdm {command}: error: {text}", file=sys.stderr)
     return 2
+
+
+def documents_from_args(args: argparse.Namespace) -> str:
+    """`--documents`, or the older `--split-documents`; both given must agree."""
+    new, old = getattr(args, "documents", None), getattr(args, "split_documents", None)
+    if new and old and document_mode(old) != new:
+        raise PreprocessError(f"--documents {new} and --split-documents {old} disagree")
+    return new or document_mode(old or "line")
 
 
 def run_preprocess_args(args: argparse.Namespace) -> int:
@@ -323,7 +348,7 @@ def run_preprocess_args(args: argparse.Namespace) -> int:
             args.output_prefix,
             tokenizer,
             json_key=args.json_key,
-            split_documents=args.split_documents,
+            split_documents=documents_from_args(args),
             workers=args.workers,
             hf_split=args.hf_split,
             progress=not getattr(args, "no_progress", False),

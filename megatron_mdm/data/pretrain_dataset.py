@@ -1,5 +1,9 @@
 """Pretraining samples from megatron-core indexed datasets: GPTDataset packing, splits, blends.
 
+Every dataset of the blend is checked first (docs/design.md §12): its tokenizer sidecar against
+the run's tokenizer, then its files (`indexed_check`, `data.validate`), so damaged or foreign
+data fails in one line naming the file before megatron-core reads it.
+
 `BlendedMegatronDatasetBuilder` builds the train/valid/test GPTDatasets (document shuffling,
 packing to `seq_length + 1` tokens, epochs, weighted blends) and caches their index files; rank 0
 builds first and the others load the cache. A sample is a pure function of (seed, index), which
@@ -8,14 +12,35 @@ is what makes batches identical on any number of ranks and after a resume.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from megatron_mdm.config import ConfigError, ExperimentConfig
+from megatron_mdm.data.indexed_check import IndexSummary, check_indexed_dataset
+from megatron_mdm.data.tokenizer_sidecar import check_sidecar
 
 SPLITS = ("train", "valid", "test")
+# megatron-core warns whenever a blend holds one dataset, which every single-prefix run does
+# (explicit weights keep its sampling path, hence its samples, the same for any blend size).
+_SINGLE_BLEND_NOTICE = "Building a BlendedDataset for a single MegatronDataset"
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
+
+
+def _quiet_single_blend_notice() -> None:
+    logger = logging.getLogger("megatron.core.datasets.blended_dataset")
+    if not any(isinstance(f, _DropMessage) for f in logger.filters):
+        logger.addFilter(_DropMessage(_SINGLE_BLEND_NOTICE))
 
 
 class DatasetTokenizer:
@@ -61,7 +86,54 @@ def split_sample_counts(cfg: ExperimentConfig) -> list[int]:
 
 
 def blend_prefixes(blend: list) -> list[str]:
+    """The dataset prefixes of `data.blend`: `[w1, p1, w2, p2, ...]` or prefixes alone."""
+    if all(isinstance(x, str) for x in blend):
+        return [str(x) for x in blend]
     return [str(x) for x in (blend[1::2] if len(blend) % 2 == 0 else blend)]
+
+
+def check_datasets(cfg: ExperimentConfig, tokenizer, blend: list) -> dict[str, IndexSummary]:
+    """Existence, tokenizer sidecar, then the files themselves (`data.validate`), per prefix."""
+    check_prefixes(cfg, blend)
+    summaries = {}
+    for prefix in blend_prefixes(blend):
+        check_sidecar(prefix, tokenizer)
+        summaries[prefix] = check_indexed_dataset(prefix, tokenizer.vocab_size, cfg.data.validate)
+    return summaries
+
+
+def weighted_blend(blend: list, summaries: dict[str, IndexSummary]) -> list:
+    """`[w1, p1, ...]` for megatron-core: prefixes given alone weigh by their token counts, so
+    documents mix as if the files were one (docs/design.md §12)."""
+    if all(isinstance(x, str) for x in blend):
+        return [x for p in blend for x in (float(max(summaries[str(p)].tokens, 1)), str(p))]
+    return list(blend)
+
+
+def split_bounds(bounds: tuple[float, float], n: int) -> tuple[int, int]:
+    """Megatron-core's cut of `n` sequences at split boundaries `bounds` (fractions)."""
+    return int(round(bounds[0] * n)), int(round(bounds[1] * n))
+
+
+def split_matrix(split: str) -> list:
+    """`data.split` as megatron-core's split matrix: (begin, end) fraction or None per split."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+
+    return convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+
+
+def split_sequences(
+    cfg: ExperimentConfig, summaries: dict[str, IndexSummary], name: str
+) -> list[tuple[str, int, int]]:
+    """(prefix, first, end) sequences of split `name` in each dataset: the documents a run
+    with `cfg` holds out in (or trains on from) that split."""
+    bounds = split_matrix(cfg.data.split)[SPLITS.index(name)]
+    if bounds is None:
+        return [(prefix, 0, 0) for prefix in summaries]
+    return [(p, *split_bounds(bounds, s.sequences)) for p, s in summaries.items()]
 
 
 def check_prefixes(cfg: ExperimentConfig, blend: list) -> None:
@@ -91,7 +163,7 @@ def check_split_sizes(cfg: ExperimentConfig, config, counts: list[int], blend: l
         for name, bounds, wanted in zip(SPLITS, config.split_matrix, counts):
             if bounds is None or wanted == 0:
                 continue
-            beg, end = int(round(bounds[0] * n)), int(round(bounds[1] * n))
+            beg, end = split_bounds(bounds, n)
             tokens = int(lengths[beg:end].sum())
             if tokens < need:
                 source = cfg.data.text_file or f"{prefix}.bin"
@@ -114,7 +186,8 @@ def build_sample_sources(
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
     from megatron.core.datasets.utils import get_blend_from_list
 
-    check_prefixes(cfg, blend)
+    blend = weighted_blend(blend, check_datasets(cfg, tokenizer, blend))
+    _quiet_single_blend_notice()
     config = GPTDatasetConfig(
         random_seed=cfg.train.seed,
         sequence_length=cfg.model.seq_length,

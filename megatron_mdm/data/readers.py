@@ -16,10 +16,13 @@ from typing import Any
 from megatron_mdm.utils import MDMError
 
 __all__ = [
+    "DOCUMENT_MODES",
+    "SPLIT_MODES",
     "Counters",
     "InputSource",
     "PreprocessError",
     "check_split_mode",
+    "document_mode",
     "iter_documents",
     "read_documents",
     "resolve_input",
@@ -30,7 +33,12 @@ class PreprocessError(MDMError):
     """Bad input, as one line: ``FILE[:LINE]: what is wrong``."""
 
 
-SPLIT_MODES = ("line", "none")
+# How a text file is cut into documents (`mdm preprocess --documents`): one per line, one per
+# paragraph (runs of non-blank lines, separated by blank lines), one per file; `jsonl` reads
+# every file input as JSON lines, whatever its suffix.
+DOCUMENT_MODES = ("line", "blank-line", "whole-file", "jsonl")
+SPLIT_MODES = ("line", "none")  # the older `--split-documents` spelling: none = whole-file
+_MODE_ALIASES = {"none": "whole-file"}
 JSONL_SUFFIXES = (".jsonl", ".json")  # Megatron's tools call JSON-lines files .json
 PARQUET_SUFFIXES = (".parquet",)
 _HF_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -64,8 +72,9 @@ class InputSource:
 # ------------------------------------------------------------------------------------------------
 
 
-def resolve_input(path: str, json_key: str, hf_split: str) -> InputSource:
-    """Classify and check one input before anything is written, so a typo fails at once."""
+def resolve_input(path: str, json_key: str, hf_split: str, documents: str = "line") -> InputSource:
+    """Classify and check one input before anything is written, so a typo fails at once.
+    ``documents="jsonl"`` reads any file that is not parquet as JSON lines."""
     p = Path(path)
     if p.is_dir():
         return _load_hf(path, json_key, hf_split)
@@ -73,7 +82,8 @@ def resolve_input(path: str, json_key: str, hf_split: str) -> InputSource:
         suffix = p.suffix.lower()
         if suffix in PARQUET_SUFFIXES:
             return _open_parquet(path, json_key)
-        kind = "jsonl" if suffix in JSONL_SUFFIXES else "text"
+        jsonl = suffix in JSONL_SUFFIXES or document_mode(documents) == "jsonl"
+        kind = "jsonl" if jsonl else "text"
         try:
             return InputSource(path, kind, size=p.stat().st_size)
         except OSError as exc:
@@ -95,9 +105,30 @@ def _decode_line(raw: bytes, path: str, lineno: int) -> str:
         ) from None
 
 
+def _read_paragraphs(f, src: InputSource, counters: Counters) -> Iterator[str]:
+    """Documents separated by blank (or whitespace-only) lines, the lines of one document joined
+    with a newline. Blank lines are separators here, not skipped empty documents."""
+    lines: list[str] = []
+    for lineno, raw in enumerate(f, 1):
+        text = _decode_line(raw, src.path, lineno).rstrip("\r\n")
+        counters.bytes += len(raw)
+        counters.records += 1
+        if text.strip():
+            lines.append(text)
+        elif lines:
+            yield "\n".join(lines)
+            lines = []
+    if lines:
+        yield "\n".join(lines)
+
+
 def _read_text(src: InputSource, split_documents: str, counters: Counters) -> Iterator[str]:
+    mode = document_mode(split_documents)
     with open(src.path, "rb") as f:
-        if split_documents == "none":
+        if mode == "blank-line":
+            yield from _read_paragraphs(f, src, counters)
+            return
+        if mode == "whole-file":
             parts = []
             for lineno, raw in enumerate(f, 1):
                 parts.append(_decode_line(raw, src.path, lineno))
@@ -239,9 +270,15 @@ def read_documents(
         raise PreprocessError(f"{src.path}: no documents ({what})")
 
 
+def document_mode(split_documents: str) -> str:
+    """The canonical :data:`DOCUMENT_MODES` name of a mode (``none`` is ``whole-file``)."""
+    return _MODE_ALIASES.get(split_documents, split_documents)
+
+
 def check_split_mode(split_documents: str) -> None:
-    if split_documents not in SPLIT_MODES:
-        raise PreprocessError(f"split_documents={split_documents!r}: choose one of {SPLIT_MODES}")
+    if document_mode(split_documents) not in DOCUMENT_MODES:
+        choices = (*DOCUMENT_MODES, *_MODE_ALIASES)
+        raise PreprocessError(f"split_documents={split_documents!r}: choose one of {choices}")
 
 
 def iter_documents(
@@ -249,6 +286,5 @@ def iter_documents(
 ) -> Iterator[str]:
     """The documents of one input, lazily, exactly as :func:`preprocess` sees them."""
     check_split_mode(split_documents)
-    yield from read_documents(
-        resolve_input(path, json_key, hf_split), json_key, split_documents, Counters()
-    )
+    src = resolve_input(path, json_key, hf_split, split_documents)
+    yield from read_documents(src, json_key, split_documents, Counters())

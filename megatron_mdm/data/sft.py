@@ -1,4 +1,4 @@
-"""Supervised fine-tuning data (DESIGN.md §4): load prompt/response pairs, fit them to the
+"""Supervised fine-tuning data (docs/design.md §4): load prompt/response pairs, fit them to the
 sequence length, and assemble masked micro-batches.
 
 Input formats (one example per line, streamed):

@@ -115,7 +115,10 @@ class BlockCachedLogits:
 
     def __call__(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         logits = self._run(x, start, end, keep=False).logits
-        return logits if self.cfg == 0 else combine_guidance(*logits.chunk(2), self.cfg)
+        if self.cfg == 0:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return combine_guidance(cond, uncond, self.cfg)
 
     def commit(self, x: torch.Tensor, start: int, end: int) -> None:
         """Append the finished (clean) block's keys and values."""
@@ -152,9 +155,11 @@ def block_diffusion_sample(
     x = masked_canvas(prompt, gen_length, mask_id)
     prompt_index = torch.zeros_like(x, dtype=torch.bool)
     prompt_index[:, :plen] = True
+    source: BlockCachedLogits | BlockPrefixLogits
     if cached_model is not None:
         source = BlockCachedLogits(cached_model, prompt_index, cfg, mask_id)
     else:
+        assert model_fn is not None  # checked above
         source = BlockPrefixLogits(model_fn, prompt_index, cfg, mask_id)
     start = (plen // block_size) * block_size
     source.prefill(x, start)

@@ -56,7 +56,8 @@ class BlockLogits:
     def _guided(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg == 0:
             return logits
-        return combine_guidance(*logits.chunk(2), self.cfg)
+        cond, uncond = logits.chunk(2)
+        return combine_guidance(cond, uncond, self.cfg)
 
     def __call__(self, x: torch.Tensor, step: int) -> tuple[int, torch.Tensor]:
         self.calls += 1
@@ -110,6 +111,7 @@ def fast_sample(
 
     def logits_for_block(prompt_index: torch.Tensor, start: int, end: int):
         if cache == "none":
+            assert model_fn is not None  # checked above
             return FullLogits(model_fn, prompt_index, cfg, mask_id)
         return BlockLogits(cached_model, cache, prompt_index, cfg, mask_id, start, end)
 

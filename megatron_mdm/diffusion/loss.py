@@ -1,4 +1,4 @@
-"""Training losses (DESIGN.md §3): SMDM/LLaDA diffusion loss, MDLM form, ARM next-token loss.
+"""Training losses (docs/design.md §3): SMDM/LLaDA diffusion loss, MDLM form, ARM next-token loss.
 
 All take vocab-parallel logits [B, L, V/tp] and use megatron-core's vocab-parallel cross-entropy,
 so they are correct under tensor parallelism without gathering the vocabulary.
@@ -34,11 +34,15 @@ def smdm_loss(logits, x0, masked, p_mask) -> torch.Tensor:
 def mdlm_loss(logits, x0, masked, p_mask, eps: float) -> torch.Tensor:
     """MDLM: log-linear schedule, weight sigma'(t)/expm1(sigma(t)) per masked token, mean over tokens.
 
-    With sigma(t) = -log(1 - (1 - eps) t) the masking probability is (1 - eps) t, and the weight
-    simplifies to (1 - eps) / ((1 - eps) t) = 1 / t where t recovers from p = (1 - eps) t + eps.
-    SUBS: the `[MASK]` logit is already -inf (model output), unmasked positions carry no loss.
+    With sigma(t) = -log(1 - (1 - eps) t) the masking probability is 1 - exp(-sigma(t)) =
+    (1 - eps) t, and the weight simplifies to (1 - eps) / ((1 - eps) t) = 1 / t. The masks were
+    drawn at rate p (docs/design.md §3.1), so the schedule's time is the t with (1 - eps) t = p:
+    t = p / (1 - eps), in (eps / (1 - eps), 1 / (1 - eps)), never 0. (Recovering the uniform draw
+    instead, t = (p - eps) / (1 - eps), pairs the weight 1/t with the wrong rate: a biased, unbounded
+    weight near t = 0.) SUBS: the `[MASK]` logit is already -inf (model output), unmasked positions
+    carry no loss.
     """
-    t = ((p_mask - eps) / (1.0 - eps)).clamp_min(1e-6)
+    t = p_mask / (1.0 - eps)
     ce = token_cross_entropy(logits, x0)
     weighted = ce * masked.to(ce.dtype) / per_token(t).to(ce.dtype)
     return weighted.sum() / x0.numel()

@@ -20,6 +20,7 @@ Fast-dLLM decoding (approximate KV cache, confidence-threshold unmasking) is in
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -161,8 +162,18 @@ class FullLogits:
         return 0, guided_logits(self.model_fn, x, self.prompt_index, self.cfg, self.mask_id)
 
 
-# (prompt_index, block start, block end) -> a callable (x, step) -> (first position, logits)
-BlockLogitsFactory = Callable[[torch.Tensor, int, int], Callable]
+class StepLogits(Protocol):
+    """What `block_sample` asks of one block's logits (`FullLogits`, `fast_sampling.BlockLogits`):
+    `(x, step) -> (first position covered, logits)`, and counts of model calls and positions."""
+
+    calls: int
+    positions: int
+
+    def __call__(self, x: torch.Tensor, step: int) -> tuple[int, torch.Tensor]: ...
+
+
+# (prompt_index, block start, block end) -> the block's StepLogits
+BlockLogitsFactory = Callable[[torch.Tensor, int, int], StepLogits]
 
 
 def block_sample(

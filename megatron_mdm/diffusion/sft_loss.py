@@ -1,4 +1,4 @@
-"""SFT loss of DESIGN.md §4, from per-token cross-entropy.
+"""SFT loss of docs/design.md §4, from per-token cross-entropy.
 
 It takes CE rather than logits so the caller can compute CE with megatron's vocab-parallel
 kernel (``diffusion.loss.token_cross_entropy``) under tensor parallelism, while this module stays

@@ -35,8 +35,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "ppl", help="perplexity (upper bound for an MDM, exact for an ARM) on held-out text"
     )
     _add_model_source(ppl)
-    ppl.add_argument(
-        "--data", required=True, help="indexed dataset PREFIX (.bin/.idx) or a text/jsonl file"
+    text = ppl.add_mutually_exclusive_group(required=True)
+    text.add_argument("--data", help="indexed dataset PREFIX (.bin/.idx) or a text/jsonl file")
+    text.add_argument(
+        "--split",
+        choices=["valid", "test"],
+        help="the documents the --ckpt run held out in this split (its data.blend or "
+        "text_file, cut at its data.split boundaries)",
     )
     ppl.add_argument("--mc-num", type=int, default=128, help="masked copies per window (MDM)")
     ppl.add_argument("--batch-size", type=int, default=32, help="copies per forward pass")
@@ -126,17 +131,23 @@ def _check_mc(args) -> None:
 
 
 def _ppl(args) -> int:
-    from megatron_mdm.eval.ppl import perplexity_bound, read_token_stream
+    from megatron_mdm.eval.ppl import perplexity_bound, read_split_stream, read_token_stream
     from megatron_mdm.inference.loading import load_model, trained_seq_length
 
     _check_mc(args)
     if args.max_tokens is not None and args.max_tokens < 1:
         raise EvalError(f"--max-tokens {args.max_tokens}: must be >= 1")
-    if not (Path(args.data + ".idx").is_file() or Path(args.data).is_file()):
+    if args.split and not args.ckpt:
+        raise EvalError(f"--split {args.split}: needs --ckpt (the run's meta.yaml names its data)")
+    if args.data and not (Path(args.data + ".idx").is_file() or Path(args.data).is_file()):
         raise EvalError(f"--data {args.data}: neither PREFIX.bin/.idx nor a text file")
     model = load_model(args.ckpt, args.hf)
     seq_length = args.seq_length or trained_seq_length(model, args.ckpt, args.hf)
-    tokens = read_token_stream(args.data, model.tokenizer, args.max_tokens)
+    if args.split:
+        tokens, source = read_split_stream(args.ckpt, args.split, model.tokenizer, args.max_tokens)
+    else:
+        tokens = read_token_stream(args.data, model.tokenizer, args.max_tokens)
+        source = {"data": args.data}
     result = perplexity_bound(
         model,
         tokens,
@@ -147,7 +158,7 @@ def _ppl(args) -> int:
         seed=args.seed,
         progress=args.progress,
     )
-    figures = {**result.as_dict(), "seq_length": seq_length, "data": args.data}
+    figures = {**result.as_dict(), "seq_length": seq_length, **source}
     _print_figures("ppl", figures)
     if args.output:
         write_json_atomic(args.output, figures)

@@ -1,4 +1,4 @@
-"""log p(answer | prompt) for masked diffusion LMs and ARM baselines (DESIGN.md §5, §7).
+"""log p(answer | prompt) for masked diffusion LMs and ARM baselines (docs/design.md §5, §7).
 
 An MDM defines no tractable likelihood, only a lower bound (the ELBO). Written over the number l
 of masked answer tokens, for an answer of A tokens:

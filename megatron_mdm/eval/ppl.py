@@ -1,8 +1,10 @@
-"""`mdm eval ppl`: perplexity (an upper bound, for an MDM) on held-out text (DESIGN.md §7).
+"""`mdm eval ppl`: perplexity (an upper bound, for an MDM) on held-out text (docs/design.md §7).
 
 The text is one token stream, documents separated by EOS exactly as training sees them (an
 indexed `.bin/.idx` prefix as written by `mdm preprocess`, or a text / jsonl file tokenised here
-the same way, one document per line). The stream is cut into consecutive windows of
+the same way, one document per line; or, with `--split valid|test`, the documents the run itself
+held out: its datasets cut at megatron-core's split boundaries, in order, blend order across
+datasets). The stream is cut into consecutive windows of
 `seq_length` tokens, each scored on its own:
 - MDM: the ELBO of the window (no context), estimated with `mc_num` masked copies (the
   `likelihood` estimators with an empty prompt). -ELBO / tokens bounds the per-token NLL from
@@ -22,7 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_mdm.checkpointing.run_dir import find_checkpoint, read_meta
+from megatron_mdm.config import from_dict
+from megatron_mdm.data.indexed_check import check_indexed_dataset
+from megatron_mdm.data.prepare import resolve_blend
+from megatron_mdm.data.pretrain_dataset import check_datasets, split_sequences
 from megatron_mdm.data.readers import PreprocessError, iter_documents
+from megatron_mdm.data.tokenizer_sidecar import check_sidecar
 from megatron_mdm.eval.errors import EvalError
 from megatron_mdm.eval.likelihood import (
     arm_log_likelihood,
@@ -56,18 +64,9 @@ def read_token_stream(data: str, tokenizer, max_tokens: int | None = None) -> np
     parts: list[np.ndarray] = []
     count = 0
     if Path(data + ".bin").is_file() and Path(data + ".idx").is_file():
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-        dataset = IndexedDataset(data)
-        for i in range(len(dataset)):
-            if count >= limit:
-                break
-            parts.append(np.asarray(dataset[i], dtype=np.int64))
-            count += len(parts[-1])
+        check_sidecar(data, tokenizer, "the model's tokenizer")
+        summary = check_indexed_dataset(data, tokenizer.vocab_size)
+        parts = _read_sequences(data, 0, summary.sequences, limit)
     elif Path(data).is_file():
         try:
             for text in iter_documents(data):
@@ -90,6 +89,57 @@ def read_token_stream(data: str, tokenizer, max_tokens: int | None = None) -> np
             f"vocabulary [0, {tokenizer.vocab_size}) (preprocessed with another tokenizer?)"
         )
     return tokens
+
+
+def _read_sequences(prefix: str, first: int, end: int, limit: float) -> list[np.ndarray]:
+    """Sequences [first, end) of an indexed dataset (checked first), up to `limit` tokens."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    dataset = IndexedDataset(prefix)
+    parts, count = [], 0
+    for i in range(first, end):
+        if count >= limit:
+            break
+        parts.append(np.asarray(dataset[i], dtype=np.int64))
+        count += len(parts[-1])
+    return parts
+
+
+def run_split_datasets(ckpt: str, tokenizer) -> tuple:
+    """(config, dataset summaries) of the run that wrote checkpoint `ckpt`: its `data.blend`,
+    or the dataset it preprocessed into its own `data/` folder; each checked (sidecar, files)."""
+    ckpt_dir = find_checkpoint(ckpt)
+    cfg = from_dict(read_meta(ckpt_dir)["config"], source=str(ckpt_dir / "meta.yaml"))
+    run_data = ckpt_dir.parent.parent / "data"  # <output_dir>/checkpoints/<tag>
+    data_dir = run_data if run_data.is_dir() else None
+    blend = resolve_blend(cfg, tokenizer, is_builder=False, data_dir=data_dir)
+    return cfg, check_datasets(cfg, tokenizer, blend)
+
+
+def read_split_stream(
+    ckpt: str, split: str, tokenizer, max_tokens: int | None = None
+) -> tuple[np.ndarray, dict]:
+    """Token stream of the documents the run of `ckpt` put in `split` (valid or test), with a
+    description of where they came from (`data`, `split`, `documents`)."""
+    cfg, summaries = run_split_datasets(ckpt, tokenizer)
+    limit = max_tokens if max_tokens is not None else math.inf
+    parts: list[np.ndarray] = []
+    ranges = split_sequences(cfg, summaries, split)
+    for prefix, first, end in ranges:
+        parts += _read_sequences(prefix, first, end, limit - sum(map(len, parts)))
+    documents = sum(end - first for _, first, end in ranges)
+    where = ", ".join(f"{p}[{first}:{end}]" for p, first, end in ranges)
+    if documents == 0:
+        raise EvalError(
+            f"--split {split}: the run's {split} split is empty ({where}; "
+            f"data.split={cfg.data.split!r} in {cfg.source})"
+        )
+    tokens = np.concatenate(parts)[: max_tokens if max_tokens is not None else None]
+    return tokens, {"data": where, "split": split, "documents": documents}
 
 
 def perplexity_bound(

@@ -27,6 +27,8 @@ __all__ = ["complete", "cut_at_eos", "generate", "generate_ids"]
 def _check(config: SamplingConfig, sampler: str, block_size: int | None) -> None:
     config.validate()
     if sampler == "block":
+        if block_size is None:
+            raise SamplingError("the block sampler needs a block diffusion model (no block size)")
         if config.block_length is not None and config.block_length != block_size:
             raise SamplingError(
                 f"block: block_length {config.block_length} differs from the model's block size "
@@ -46,6 +48,12 @@ def _check(config: SamplingConfig, sampler: str, block_size: int | None) -> None
         raise SamplingError("a confidence threshold needs remasking=low_confidence")
 
 
+def _cached_model(model: InferenceModel) -> torch.nn.Module:
+    if model.cached_model is None:
+        raise SamplingError("this model has no key/value cache: use cache=none")
+    return model.cached_model
+
+
 def generate(
     model: InferenceModel,
     prompt_ids: torch.Tensor,
@@ -63,11 +71,14 @@ def generate(
     generator = torch.Generator(device=model.device).manual_seed(c.seed)
     if sampler == "arm":
         eos = model.eos_id if c.stop_at_eos else None
-        arm = arm_sample if c.cache == "none" else arm_sample_kv
-        fn = model.model_fn if c.cache == "none" else model.cached_model
-        return arm(fn, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
+        if c.cache == "none":
+            fn = model.model_fn
+            return arm_sample(fn, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
+        kv = _cached_model(model)
+        return arm_sample_kv(kv, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
     if sampler == "block":
         cached = c.cache != "none"
+        assert model.block_size is not None  # _check
         return block_diffusion_sample(
             prompt_ids,
             model.mask_id,
@@ -80,7 +91,7 @@ def generate(
             generator,
             threshold=c.threshold,
             eos_id=model.eos_id if c.stop_at_eos else None,
-            cached_model=model.cached_model if cached else None,
+            cached_model=_cached_model(model) if cached else None,
             model_fn=None if cached else model.model_fn,
             stats=stats,
         )
@@ -109,7 +120,7 @@ def generate(
         generator,
         threshold=c.threshold if fast else None,
         cache=cache,
-        cached_model=None if cache == "none" else model.cached_model,
+        cached_model=None if cache == "none" else _cached_model(model),
         stats=stats,
     )
 

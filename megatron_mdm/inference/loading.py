@@ -41,7 +41,8 @@ from megatron_mdm.config import from_dict
 from megatron_mdm.convert import layouts
 from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
 from megatron_mdm.convert.hf_modeling.modeling_mdm import MDMForMaskedLM
-from megatron_mdm.data.tokenizers import build_tokenizer
+from megatron_mdm.data.tokenizers import Tokenizer, build_tokenizer
+from megatron_mdm.diffusion.sampling import ModelFn
 from megatron_mdm.model.builder import build_model
 from megatron_mdm.parallel.distributed import init_distributed
 from megatron_mdm.utils import MDMError
@@ -53,19 +54,20 @@ class ModelLoadError(MDMError):
 
 @dataclass
 class InferenceModel:
-    model_fn: object
-    tokenizer: object
+    model_fn: ModelFn
+    tokenizer: Tokenizer
     mask_id: int
     eos_id: int
     objective: str
     device: torch.device
-    load_cached_model: Callable[[], object] | None = None  # builds `cached_model` when first used
+    # builds `cached_model` when first used
+    load_cached_model: Callable[[], torch.nn.Module] | None = None
     max_length: int | None = None  # the sequence length the model was trained at
     block_size: int | None = None  # block diffusion: tokens per block
     block_fn: Callable | None = None  # block diffusion: (x_t, x_0) -> logits of x_t
 
     @functools.cached_property
-    def cached_model(self):
+    def cached_model(self) -> torch.nn.Module | None:
         """`MDMForMaskedLM` with the key/value cache interface, or None if unavailable."""
         return None if self.load_cached_model is None else self.load_cached_model()
 
@@ -197,6 +199,7 @@ def load_model(ckpt: str | None = None, hf: str | None = None) -> InferenceModel
         )
     if ckpt is not None:
         return from_training_checkpoint(ckpt)
+    assert hf is not None  # exactly one of the two, checked above
     if not (Path(hf) / "config.json").is_file():
         raise ModelLoadError(f"{hf}: not an exported folder (no config.json)")
     return from_hf_folder(hf)
@@ -210,5 +213,7 @@ def trained_seq_length(model=None, ckpt: str | None = None, hf: str | None = Non
         return int(model.max_length)
     if ckpt is not None:
         return int(read_meta(find_checkpoint(ckpt))["config"]["model"]["seq_length"])
+    if hf is None:
+        raise ModelLoadError("no sequence length: give a loaded model, ckpt or hf")
     config = json.loads((Path(hf) / "config.json").read_text())
     return int(config.get("max_position_embeddings", 2048))

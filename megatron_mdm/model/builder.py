@@ -82,6 +82,9 @@ def transformer_config(cfg: ExperimentConfig, on_gpu: bool) -> TransformerConfig
         apply_rope_fusion=False,
         batch_p2p_comm=on_gpu,
         sequence_parallel=m.sequence_parallel,
+        # No CUDA graphs here; an explicit empty scope (= whole layer, megatron's new spelling)
+        # instead of the default "full", which megatron-core warns is deprecated on every build.
+        cuda_graph_scope=[],
         **recompute_settings(m.recompute),
         **fp8_settings(cfg),
     )

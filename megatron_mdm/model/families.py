@@ -169,7 +169,7 @@ def experiment_dict(
     `budget_flops` sets the run length by compute (an isoFLOP sweep gives every size the same
     budget); by default each member gets 20 tokens per non-embedding parameter. `overrides` are
     sections merged key by key, e.g. ``train={"max_steps": 10}, parallel={"zero_stage": 2}``.
-    Warmup is 1% of the steps (DESIGN §10); SMDM's script also floors it at 100 steps, which
+    Warmup is 1% of the steps (docs/design.md §10); SMDM's script also floors it at 100 steps, which
     would be most of a short run, so that floor is left out.
     """
     if objective not in OBJECTIVES:

@@ -25,8 +25,9 @@ s*b*h*(34 + 5*a*s/h) bytes; for this model's SwiGLU/GQA/no-dropout block the sam
   Q, K, V (after RoPE), attention output:              s*b*h * (4 + 4*g/a)      / TP
   SwiGLU: gate, up, silu(gate), down-proj input:       8 * s*b*f                / TP
   attention probabilities (unfused local attention):   2 * a*s^2*b              / TP
-The s^2 term is absent with Transformer Engine (flash / fused attention keeps only per-row
-statistics). The last stage adds the logits: the bf16 logits kept alive through the loss plus the
+The s^2 term is charged only to `model.attention_backend=unfused` with the local spec: Transformer
+Engine's fused attention and the local spec's SDPA core attention (flash / memory-efficient
+kernels on GPU) keep only per-row softmax statistics. The last stage adds the logits: the bf16 logits kept alive through the loss plus the
 fp32 softmax that vocab-parallel cross-entropy saves, 6*s*b*V/TP. Under 1F1B pipelining the first
 stage holds min(PP, micro-batches) micro-batches in flight (about all L layers' worth, whatever PP
 is) and the last stage one plus the logits; the estimate reports the larger of the two.
@@ -114,6 +115,11 @@ def activation_bytes_per_layer(
     return replicated + split / tensor
 
 
+def stores_no_attention_scores(m: ModelConfig) -> bool:
+    """True when core attention saves no s x s probabilities for backward (module docstring)."""
+    return m.transformer_impl == "transformer_engine" or m.attention_backend == "sdpa"
+
+
 def logits_bytes(micro_batch: int, seq: int, padded_vocab: int, tensor: int = 1) -> float:
     return 6.0 * seq * micro_batch * padded_vocab / tensor
 
@@ -132,7 +138,7 @@ def estimate_memory(cfg: ExperimentConfig, padded_vocab: int, gpus: int) -> Memo
     weights, grads, opt, cpu = model_state_bytes(
         params, t.precision, p.zero_stage, dp, p.offload_optimizer
     )
-    flash = m.transformer_impl == "transformer_engine"
+    flash = stores_no_attention_scores(m)
     # block diffusion runs [x_t; x_0]: the layers see 2L positions, the output layer L
     layer_seq = m.seq_length * (2 if m.objective == "block" else 1)
     per_layer = activation_bytes_per_layer(m, t.micro_batch_size, layer_seq, p.tensor, flash)

@@ -13,7 +13,10 @@ megatron-core assumes a GPU in a handful of places that our code path reaches:
    shapes for variable sequence lengths); with no device there is nothing to wait for;
 6. the CUDA generator state saved and restored around activation checkpointing
    (``tensor_parallel.random._get/_set_cuda_rng_state``): with no device there is no CUDA
-   generator, so the state is empty (megatron saves the CPU generator separately).
+   generator, so the state is empty (megatron saves the CPU generator separately);
+7. the advice to set ``CUDA_DEVICE_MAX_CONNECTIONS=1`` that ``tensor_parallel.layers`` warns
+   with at the first tensor-parallel GEMM: it tunes CUDA stream scheduling, so on CPU it is
+   only noise and that one warning (message and module) is filtered.
 
 On a machine without CUDA each of these would raise, so redirecting them to the CPU changes no
 behaviour that could otherwise run. Nothing here is applied when CUDA is available: on GPUs the
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import types
+import warnings
 
 import torch
 
@@ -41,6 +45,7 @@ def apply_cpu_compat() -> bool:
     global _APPLIED
     if cuda_available():
         return False
+    quiet_cpu_warnings()  # (7) on every call: callers may have reset the warning filters since
     if _APPLIED:
         return True
     torch.cuda.current_device = lambda: "cpu"  # (1)
@@ -50,6 +55,17 @@ def apply_cpu_compat() -> bool:
     _patch_cuda_rng_state()  # (6)
     _APPLIED = True
     return True
+
+
+def quiet_cpu_warnings() -> None:
+    """(7): drop megatron-core's CUDA_DEVICE_MAX_CONNECTIONS advice (that message, from that
+    module only). Idempotent: warnings.filterwarnings replaces an identical filter."""
+    warnings.filterwarnings(
+        "ignore",
+        message=".*CUDA_DEVICE_MAX_CONNECTIONS",
+        category=UserWarning,
+        module=r"megatron\.core\.tensor_parallel\.layers",
+    )
 
 
 @functools.lru_cache(maxsize=32)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import glob
+import io
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -13,6 +14,9 @@ import torch
 from megatron_mdm.config import ExperimentConfig, check_world_size
 from megatron_mdm.parallel.cpu_compat import apply_cpu_compat, seed_model_parallel_rng
 from megatron_mdm.parallel.launch_env import detect_launch_env, export_torch_env
+
+# deepspeed.ops.op_builder.cpu.comm.ShareMemCommBuilder.NAME
+SHM_ALLREDUCE_OP = "deepspeed_shm_comm"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,22 @@ def prepare_accelerator() -> torch.device:
     return torch.device("cpu")
 
 
+OP_BUILT = re.compile(r"^DeepSpeed \S+ built successfully$")
+
+
+@contextlib.contextmanager
+def _drop_stdout_lines(pattern: re.Pattern):
+    """Capture print()s to stdout; pass those not matching `pattern` on to stderr."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        kept = [ln for ln in buffer.getvalue().splitlines() if not pattern.match(ln.strip())]
+        if kept:
+            print("\n".join(kept), file=sys.stderr)
+
+
 def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
     launch = detect_launch_env()
     export_torch_env(launch)
@@ -65,11 +85,14 @@ def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
     if device.type == "cuda":
         torch.cuda.set_device(launch.local_rank)
         device = torch.device("cuda", launch.local_rank)
-    # DeepSpeed print()s op-build chatter ("... shm_comm_op built successfully") to stdout; it
-    # goes to stderr so that `mdm generate | ...` stdout holds only results. Errors still raise.
-    with contextlib.redirect_stdout(sys.stderr):
+    # DeepSpeed print()s "DeepSpeed <op> built successfully" whenever it loads its CPU
+    # shared-memory op, on every command; that line is dropped, anything else it prints goes to
+    # stderr, so that `mdm generate | ...` stdout holds only results. Errors still raise.
+    with _drop_stdout_lines(OP_BUILT):
         import deepspeed
 
+        if device.type == "cpu":
+            _without_shm_allreduce(deepspeed)
         deepspeed.init_distributed(
             dist_backend="nccl" if device.type == "cuda" else "gloo",
             auto_mpi_discovery=False,
@@ -99,22 +122,27 @@ def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
     )
 
 
-def shutdown() -> None:
+def _without_shm_allreduce(deepspeed) -> None:
+    """Plain gloo on CPU: mark DeepSpeed's shared-memory allreduce op as not compatible, so its
+    communication backend does not JIT-build it (docs/design.md §9).
+
+    DeepSpeed builds the op (g++, 30-120 s, under a lock file in ~/.cache/torch_extensions that
+    a process killed mid-build leaves behind, making every later launch wait forever) whenever
+    its torch backend starts on CPU, yet only `deepspeed.comm.inference_all_reduce` (DeepSpeed's
+    inference tensor parallelism) uses it: the training collectives here (megatron-core's
+    TP/PP, DeepSpeed's DP and ZeRO reductions) are plain torch.distributed calls on gloo either
+    way. `__compatible_ops__` is DeepSpeed's own table of usable ops, read by `build_shm_op`."""
+    deepspeed.ops.__compatible_ops__[SHM_ALLREDUCE_OP] = False
+
+
+def shutdown(barrier: bool = True) -> None:
+    """Tear down megatron's groups and the process group; ``barrier=False`` after a failure,
+    when a peer may already be gone and a barrier would wait for it forever."""
     from megatron.core import parallel_state as ps
 
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        _remove_shm_buffers()
+        if barrier:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-
-
-def _remove_shm_buffers() -> None:
-    """DeepSpeed's CPU shared-memory allreduce leaves /dev/shm files named after the rendezvous
-    address and port; once every rank is past the barrier, each removes its own."""
-    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
-    rank = torch.distributed.get_rank()
-    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{addr}_{port}_{rank}"):
-        with contextlib.suppress(OSError):
-            os.remove(path)

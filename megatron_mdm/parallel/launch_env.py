@@ -20,7 +20,9 @@ Launcher priority (first match wins) and why:
 5. Otherwise a single process.
 
 ``MASTER_ADDR``/``MASTER_PORT`` from the environment always win over
-derived values, so a user can pin the rendezvous point on any launcher.
+derived values, so a user can pin the rendezvous point on any launcher. A
+single process without them rendezvouses with itself on a free port the OS
+picks, so two runs on one machine never collide on a fixed port.
 """
 
 from __future__ import annotations
@@ -28,10 +30,17 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import socket
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
-__all__ = ["LaunchEnv", "detect_launch_env", "expand_slurm_nodelist", "export_torch_env"]
+__all__ = [
+    "LaunchEnv",
+    "detect_launch_env",
+    "expand_slurm_nodelist",
+    "export_torch_env",
+    "free_port",
+]
 
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 DEFAULT_MASTER_PORT = 29500
@@ -100,7 +109,16 @@ def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
     if "SLURM_PROCID" in env:
         return _slurm(env)
 
-    return _checked(0, 1, 0, 1, env.get("MASTER_ADDR") or DEFAULT_MASTER_ADDR, _port(env), "single")
+    addr = env.get("MASTER_ADDR") or DEFAULT_MASTER_ADDR
+    port = _port(env) if env.get("MASTER_PORT", "").strip() else free_port()
+    return _checked(0, 1, 0, 1, addr, port, "single")
+
+
+def free_port(addr: str = DEFAULT_MASTER_ADDR) -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
 
 
 def export_torch_env(le: LaunchEnv, env: MutableMapping[str, str] | None = None) -> None:

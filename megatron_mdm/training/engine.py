@@ -5,9 +5,17 @@ want on every fresh machine); ZeRO partitions it all the same. With `parallel.of
 on a GPU, DeepSpeed's own AdamW type (its compiled CPU Adam: the fast way to step fp32 master
 weights held in host memory); without CUDA the client torch AdamW, which already runs on the CPU,
 steps the offloaded partitions (`zero_force_ds_cpu_optimizer: false`), so no compile is needed.
+
+That compile (torch's JIT extension build) holds a lock file in the build folder; a process
+killed mid-build leaves it behind and torch then waits for it forever, silently. Before DeepSpeed
+builds the op we wait for such a lock at most ``BUILD_LOCK_WAIT_S``, saying which file we wait
+for, then stop with one line naming it.
 """
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import torch
 
@@ -15,6 +23,32 @@ from megatron_mdm.config import ExperimentConfig
 from megatron_mdm.parallel.distributed import ParallelContext
 from megatron_mdm.parallel.mpu import MegatronMPU
 from megatron_mdm.training.schedule import lr_multiplier
+from megatron_mdm.utils import MDMError
+
+BUILD_LOCK_WAIT_S = 600.0
+CPU_ADAM_OP = "cpu_adam"  # deepspeed.ops.op_builder CPUAdamBuilder.NAME
+
+
+class BuildLockError(MDMError):
+    """A JIT build lock that is never released (left by a killed process)."""
+
+
+def wait_for_build_lock(name: str, timeout_s: float = BUILD_LOCK_WAIT_S, say=print) -> None:
+    """Return once torch's build folder of extension `name` has no lock file; say which file we
+    wait for, and raise BuildLockError naming it after `timeout_s` seconds."""
+    from torch.utils import cpp_extension
+
+    lock = Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock"
+    deadline = time.monotonic() + timeout_s
+    if lock.exists():
+        say(f"waiting for {lock}: another process is building DeepSpeed's {name} op")
+    while lock.exists():
+        if time.monotonic() >= deadline:
+            raise BuildLockError(
+                f"{lock}: still there after {timeout_s:.0f} s; no build is finishing (a process "
+                "killed while building leaves it behind): delete it and run again"
+            )
+        time.sleep(min(1.0, timeout_s))
 
 
 def deepspeed_clips(cfg: ExperimentConfig) -> bool:
@@ -40,7 +74,9 @@ def deepspeed_config(cfg: ExperimentConfig, ctx: ParallelContext) -> dict:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
         "zero_optimization": {"stage": par.zero_stage},
-        "bf16": {"enabled": t.precision in ("bf16", "fp8")},
+        # bf16: DeepSpeed's optimizers skip a step whose gradient norm is not finite
+        # (training/step.py relies on it; explicit, as older releases defaulted to False).
+        "bf16": {"enabled": t.precision in ("bf16", "fp8"), "check_grad_overflow": True},
     }
     if par.zero_stage > 0:
         ds["zero_optimization"].update(
@@ -82,7 +118,9 @@ def build_engine(cfg: ExperimentConfig, model: torch.nn.Module, ctx: ParallelCon
     ds_config = deepspeed_config(cfg, ctx)
     groups = parameter_groups(model, t.weight_decay)
     optimizer = None
-    if not uses_deepspeed_cpu_adam(cfg, ctx):
+    if uses_deepspeed_cpu_adam(cfg, ctx):
+        wait_for_build_lock(CPU_ADAM_OP)
+    else:
         optimizer = torch.optim.AdamW(
             groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps
         )

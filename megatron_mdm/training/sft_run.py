@@ -1,4 +1,4 @@
-"""`mdm sft CONFIG`: supervised fine-tuning (DESIGN.md §4) on the pretraining Trainer.
+"""`mdm sft CONFIG`: supervised fine-tuning (docs/design.md §4) on the pretraining Trainer.
 
 The examples are read, split and fitted to the sequence length once, identically on every rank
 and before any process group exists, so a bad file or key stops the run with one line. The run
@@ -34,8 +34,8 @@ from megatron_mdm.data.sft import (
 from megatron_mdm.data.sft_batches import SFTBatches
 from megatron_mdm.data.tokenizers import build_tokenizer
 from megatron_mdm.model.spec import check_transformer_impl
-from megatron_mdm.parallel.distributed import init_distributed, shutdown
-from megatron_mdm.training.loop import Trainer
+from megatron_mdm.training.loop import Trainer, training_session
+from megatron_mdm.training.preemption import PreemptionWatcher
 from megatron_mdm.utils import keyed_generator
 
 __all__ = ["SFTData", "load_sft_data", "run_sft", "sft_run_length"]
@@ -133,8 +133,8 @@ def sft_run_length(cfg: ExperimentConfig, num_train: int) -> ExperimentConfig:
     return out
 
 
-def run_sft(cfg: ExperimentConfig) -> None:
-
+def run_sft(cfg: ExperimentConfig, stop: PreemptionWatcher) -> None:
+    """`mdm sft`; ``stop``: the command's armed signal watcher."""
     check_sft_inputs(cfg)
     check_transformer_impl(cfg)
     tokenizer = build_tokenizer(cfg.data.tokenizer.type, cfg.data.tokenizer.model)
@@ -157,11 +157,9 @@ def run_sft(cfg: ExperimentConfig) -> None:
             cfg, data.train, data.valid, tokenizer.eos_id, vocab.mask_id, ctx.dp_rank, ctx.dp_size
         )
 
-    torch.manual_seed(cfg.train.seed)
-    ctx = init_distributed(cfg)
-    try:
+    with training_session(cfg, stop) as ctx:
         try:
-            trainer = Trainer(cfg, ctx, batch_source=sft_batches)
+            trainer = Trainer(cfg, ctx, batch_source=sft_batches, stop=stop)
         except CheckpointError as exc:
             raise _fail(cfg, None, str(exc).splitlines()[0]) from None
         for line in data.summary():
@@ -177,7 +175,4 @@ def run_sft(cfg: ExperimentConfig) -> None:
             trainer._say("no train.init_from: fine-tuning a randomly initialised model")
         if t.eval_interval > 0 and not data.valid:
             trainer._say("train.eval_interval is set but there is no validation data: skipped")
-        with trainer.preemption:
-            trainer.train()
-    finally:
-        shutdown()
+        trainer.train()

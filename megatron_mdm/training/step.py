@@ -4,10 +4,19 @@ PP = 1: DeepSpeed's own loop (engine forward, `engine.backward`, `engine.step` p
 which supports every ZeRO stage. PP > 1: megatron-core's 1F1B pipeline schedule runs all
 micro-batches; DeepSpeed then only reduces gradients over data parallel and applies the update
 (ZeRO 0/1; DeepSpeed cannot combine ZeRO-2/3 with pipeline parallelism).
+
+Non-finite steps (docs/design.md §9): a micro-batch loss that is inf/NaN is back-propagated as
+NaN (`_nan_if_not_finite`), so the step's gradient norm is non-finite on every rank exactly when a
+loss or a gradient is. DeepSpeed's own optimizers (ZeRO 1-3, bf16) then skip the update by
+themselves (their overflow check on the global gradient norm); the plain torch AdamW of ZeRO-0 has
+no such check, so there the gradients are dropped before `engine.step()` and AdamW leaves every
+parameter and moment untouched. Either way the LR schedule advances with the step count, and the
+step reports `skipped`, identically on every rank.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -31,6 +40,42 @@ def _clip_and_norm(cfg: ExperimentConfig, engine) -> float:
     return float(norm)
 
 
+def _nan_if_not_finite(loss: torch.Tensor) -> torch.Tensor:
+    """The loss to back-propagate: itself when finite (times exactly 1.0), else NaN with NaN
+    gradients everywhere, so that a non-finite loss always shows in the gradient norm."""
+    factor = torch.where(
+        torch.isfinite(loss), torch.ones_like(loss), torch.full_like(loss, float("nan"))
+    )
+    return loss * factor
+
+
+def _uses_plain_torch_optimizer(engine) -> bool:
+    """DeepSpeed's optimizer wrappers (ZeRO, bf16) check for overflow and skip by themselves."""
+    return not hasattr(engine.optimizer, "overflow")
+
+
+def _drop_update_if_not_finite(engine, grad_norm: float) -> None:
+    """ZeRO-0: a non-finite norm leaves no gradient for AdamW, which then skips every parameter
+    (no moment, step count or weight-decay update)."""
+    if not math.isfinite(grad_norm) and _uses_plain_torch_optimizer(engine):
+        for param in engine.module.parameters():
+            param.grad = None
+
+
+def _finish(engine, loss: float, grad_norm: float) -> dict:
+    """The step's record; keeps the LR schedule on the step count after a skipped update."""
+    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    applied = engine.was_step_applied() and not (skipped and _uses_plain_torch_optimizer(engine))
+    if skipped == applied:
+        raise RuntimeError(
+            f"DeepSpeed {'applied' if applied else 'skipped'} an optimizer step whose loss "
+            f"({loss}) and gradient norm ({grad_norm}) say otherwise"
+        )
+    if skipped and not _uses_plain_torch_optimizer(engine) and engine.lr_scheduler is not None:
+        engine.lr_scheduler.step()  # DeepSpeed does not step it on overflow
+    return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}
+
+
 def _mean_over_data_parallel(value: torch.Tensor) -> float:
     group = ps.get_data_parallel_group()
     torch.distributed.all_reduce(value, group=group)
@@ -46,15 +91,16 @@ def train_step_no_pipeline(
         mb = mb.to(ctx.device)
         logits = engine(mb.inputs, **mb.model_kwargs())
         loss = loss_fn(logits, mb)
-        engine.backward(loss)
+        engine.backward(_nan_if_not_finite(loss))
         if i == len(micro_batches) - 1 and not deepspeed_clips(cfg):
             grad_norm = _clip_and_norm(cfg, engine)
+            _drop_update_if_not_finite(engine, grad_norm)
         engine.step()
         losses.append(loss.detach().float())
     if deepspeed_clips(cfg):
         grad_norm = _clip_and_norm(cfg, engine)
     loss = _mean_over_data_parallel(torch.stack(losses).mean())
-    return {"loss": loss, "grad_norm": grad_norm}
+    return _finish(engine, loss, grad_norm)
 
 
 def _pipeline_losses(
@@ -70,7 +116,7 @@ def _pipeline_losses(
         def loss_func(logits):
             loss = loss_fn(logits, mb)
             # clone: the schedule divides the returned loss in place by the micro-batch count.
-            return loss, {"loss": loss.detach().clone().float()}
+            return _nan_if_not_finite(loss), {"loss": loss.detach().clone().float()}
 
         return output, loss_func
 
@@ -99,10 +145,11 @@ def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches, loss_f
     grad_norm = float("nan")
     if not deepspeed_clips(cfg):
         grad_norm = _clip_and_norm(cfg, engine)
+        _drop_update_if_not_finite(engine, grad_norm)
     engine.step()
     if deepspeed_clips(cfg):
         grad_norm = _clip_and_norm(cfg, engine)
-    return {"loss": _mean_over_data_parallel(loss), "grad_norm": grad_norm}
+    return _finish(engine, _mean_over_data_parallel(loss), grad_norm)
 
 
 @torch.no_grad()
