@@ -128,6 +128,20 @@ def _gib(n: float) -> str:
     return f"{n / GiB:.2f} GiB"
 
 
+def _block_note(cfg: ExperimentConfig) -> list[str]:
+    """Block diffusion counts the x_0 copy it trains beside x_t (docs/design.md §11)."""
+    if cfg.model.objective != "block":
+        return []
+    d, seq = cfg.diffusion, cfg.model.seq_length
+    schedule = f", schedule {d.block_size_schedule}" if d.block_size_schedule else ""
+    return [
+        f"  block diffusion (B = {d.block_size}{schedule}): each sample runs [x_t; x_0] = "
+        f"{2 * seq} positions;",
+        "  the x_0 copy costs compute: per token 2x the layer matmuls and 4x the dense attention "
+        "of mdm",
+    ]
+
+
 def render(cfg: ExperimentConfig, gpus: int = 8) -> str:
     """The resolved YAML followed by the derived numbers as comments."""
     s = summarize(cfg, gpus)
@@ -142,12 +156,15 @@ def render(cfg: ExperimentConfig, gpus: int = 8) -> str:
     ]
     if s.vocab_note:
         lines.append(f"  note: {s.vocab_note}")
+    formula = "6 * (N_nonembedding + V*h) + 12 * L*h*s"
+    if m.objective == "block":
+        formula = "6 * (2*N_nonembedding + V*h) + 12 * L*h*4s"
     lines += [
         f"parameters: total {_count(s.total_params)}",
         f"  non-embedding {_count(s.non_embedding_params)} (layers + final norm)",
-        f"FLOPs per token (training): {s.flops_per_token:.4g}"
-        "  = 6 * (N_nonembedding + V*h) + 12 * L*h*s",
+        f"FLOPs per token (training): {s.flops_per_token:.4g}  = {formula}",
         f"FLOPs per step: {s.flops_per_step:.4g}  ({s.tokens_per_step:,} tokens = {batch})",
+        *_block_note(cfg),
         f"run: {t.max_steps:,} steps, {s.run_tokens:.4g} tokens, {s.run_flops:.4g} FLOPs",
         f"  compute budget C = 6 * N_nonembedding * tokens = {s.budget_flops:.4g}",
         f"memory per GPU on {gpus} GPU{'s' if gpus != 1 else ''} ({layout}, ZeRO-{p.zero_stage},"

@@ -341,12 +341,13 @@ def _literal_fields():
 
 def test_literal_fields():
     assert _literal_fields() == {
-        "model.objective": ("mdm", "arm"),
+        "model.objective": ("mdm", "arm", "block"),
         "model.transformer_impl": ("local", "transformer_engine"),
         "model.attention_backend": ("sdpa", "unfused"),
         "model.recompute": ("none", "full", "selective"),
         "diffusion.t_sampling": ("uniform", "stratified"),
         "diffusion.loss": ("smdm", "mdlm"),
+        "diffusion.block_t_sampling": ("sequence", "block"),
         "parallel.zero_stage": (0, 1, 2, 3),
         "train.precision": ("fp32", "bf16", "fp8"),
         "train.fp8_recipe": ("delayed", "current"),
@@ -373,7 +374,8 @@ def test_every_literal_field_exports_its_choices():
     }
     for key, choices in _literal_fields().items():
         assert choices in exported.values(), f"{key}: no exported tuple of {choices}"
-    assert config.OBJECTIVES == ("mdm", "arm")
+    assert config.OBJECTIVES == ("mdm", "arm", "block")
+    assert config.COMPARED_OBJECTIVES == ("mdm", "arm")
     assert config.ZERO_STAGES == (0, 1, 2, 3)
 
 
@@ -382,8 +384,9 @@ def test_choice_tuples_are_the_consumers_tuples():
     from megatron_mdm.model import families
     from megatron_mdm.scaling import results, sweep
 
-    assert results.OBJECTIVES is config.OBJECTIVES
-    assert sweep.OBJECTIVES is config.OBJECTIVES and families.OBJECTIVES is config.OBJECTIVES
+    compared = config.COMPARED_OBJECTIVES
+    assert results.OBJECTIVES is compared
+    assert sweep.OBJECTIVES is compared and families.OBJECTIVES is compared
     pytest.importorskip("torch")
     from megatron_mdm.data import indexed_check, sft, tokenizers
     from megatron_mdm.diffusion import sft_loss
@@ -399,7 +402,7 @@ def test_choice_tuples_are_the_consumers_tuples():
 
 def test_unknown_choice_from_yaml_is_one_line(tmp_path):
     path = write(tmp_path, "model:\n  objective: foo\n")
-    assert error(path) == f"{path}: model.objective: must be one of mdm, arm, got 'foo'"
+    assert error(path) == f"{path}: model.objective: must be one of mdm, arm, block, got 'foo'"
     path = write(tmp_path, "sft:\n  chat_template: {}\n  pad_to: shortest\n", "sft.yaml")
     assert error(path) == f"{path}: sft.pad_to: must be one of max, longest, got 'shortest'"
 
@@ -407,7 +410,7 @@ def test_unknown_choice_from_yaml_is_one_line(tmp_path):
 def test_unknown_choice_from_override_is_one_line(tmp_path):
     path = write(tmp_path, "model:\n  objective: arm\n")
     assert error(path, ["model.objective=foo"]) == (
-        f"{path} (override model.objective=foo): model.objective: must be one of mdm, arm, "
+        f"{path} (override model.objective=foo): model.objective: must be one of mdm, arm, block, "
         "got 'foo'"
     )
     assert error(path, ["train.fp8_recipe=lazy"]).endswith(
@@ -436,7 +439,7 @@ def test_choice_checked_in_a_config_built_in_code():
     cfg.model.objective = "gpt"
     with pytest.raises(ConfigError) as info:
         validate(cfg)
-    assert str(info.value) == "code: model.objective: must be one of mdm, arm, got 'gpt'"
+    assert str(info.value) == "code: model.objective: must be one of mdm, arm, block, got 'gpt'"
     assert info.value.key == "model.objective" and info.value.source == "code"
 
 

@@ -20,6 +20,8 @@ and the tools import this package on machines that may not have it.
 from megatron_mdm.config.checks import ConfigError
 from megatron_mdm.config.choices import (
     ATTENTION_BACKENDS,
+    BLOCK_T_SAMPLINGS,
+    COMPARED_OBJECTIVES,
     DATA_VALIDATIONS,
     DIFFUSION_LOSSES,
     FP8_GRAD_FORMATS,
@@ -39,6 +41,7 @@ from megatron_mdm.config.choices import (
     WANDB_MODES,
     ZERO_STAGES,
     AttentionBackend,
+    BlockTSampling,
     DataValidation,
     DiffusionLoss,
     FP8GradFormat,
@@ -77,6 +80,8 @@ from megatron_mdm.config.schema import (
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "BLOCK_T_SAMPLINGS",
+    "COMPARED_OBJECTIVES",
     "DATA_VALIDATIONS",
     "DIFFUSION_LOSSES",
     "FP8_GRAD_FORMATS",
@@ -96,6 +101,7 @@ __all__ = [
     "WANDB_MODES",
     "ZERO_STAGES",
     "AttentionBackend",
+    "BlockTSampling",
     "DataValidation",
     "ChatTemplateConfig",
     "CheckpointConfig",

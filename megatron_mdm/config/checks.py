@@ -12,7 +12,16 @@ from typing import Any, NoReturn
 
 from megatron_mdm.utils import MDMError
 
-__all__ = ["ConfigError", "Fail", "finite", "non_negative", "positive", "short", "within"]
+__all__ = [
+    "ConfigError",
+    "Fail",
+    "finite",
+    "non_negative",
+    "positive",
+    "short",
+    "step_schedule",
+    "within",
+]
 
 
 class ConfigError(MDMError):
@@ -60,3 +69,27 @@ def within(fail: Fail, key: str, value: float, *, closed: bool = False) -> None:
     """``0 <= value < 1`` (``closed``: ``<= 1``), the range of a probability or a fraction."""
     if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
         fail(key, f"must be in [0, 1{']' if closed else ')'}, got {value}")
+
+
+def step_schedule(fail: Fail, key: str, schedule: list | None) -> None:
+    """A piecewise-constant schedule `[[step, value], ...]` of ints: from step 0, steps
+    increasing, values >= 1 (None passes)."""
+    if schedule is None:
+        return
+    if not schedule:
+        fail(key, "must list at least one [step, value] pair (or be null)")
+    last = -1
+    for i, pair in enumerate(schedule):
+        ints = isinstance(pair, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in pair
+        )
+        if not ints or len(pair) != 2:
+            fail(key, f"item {i} should be a [step, value] pair of ints, got {short(pair)}")
+        step, size = pair
+        if i == 0 and step != 0:
+            fail(key, f"must start at step 0, got {short(pair)}")
+        if step <= last:
+            fail(key, f"steps must increase, got {step} after {last}")
+        if size < 1:
+            fail(key, f"item {i}: value must be >= 1, got {size}")
+        last = step

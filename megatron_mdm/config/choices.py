@@ -10,6 +10,8 @@ from typing import Literal, get_args
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "BLOCK_T_SAMPLINGS",
+    "COMPARED_OBJECTIVES",
     "DATA_VALIDATIONS",
     "DIFFUSION_LOSSES",
     "FP8_GRAD_FORMATS",
@@ -29,6 +31,7 @@ __all__ = [
     "T_SAMPLINGS",
     "ZERO_STAGES",
     "AttentionBackend",
+    "BlockTSampling",
     "DataValidation",
     "DiffusionLoss",
     "FP8GradFormat",
@@ -49,11 +52,12 @@ __all__ = [
     "ZeroStage",
 ]
 
-Objective = Literal["mdm", "arm"]
+Objective = Literal["mdm", "arm", "block"]
 TransformerImpl = Literal["local", "transformer_engine"]
 AttentionBackend = Literal["sdpa", "unfused"]
 Recompute = Literal["none", "full", "selective"]
 TSampling = Literal["uniform", "stratified"]
+BlockTSampling = Literal["sequence", "block"]
 DiffusionLoss = Literal["smdm", "mdlm"]
 ZeroStage = Literal[0, 1, 2, 3]
 Precision = Literal["fp32", "bf16", "fp8"]
@@ -74,6 +78,10 @@ TRANSFORMER_IMPLS: tuple[TransformerImpl, ...] = get_args(TransformerImpl)
 ATTENTION_BACKENDS: tuple[AttentionBackend, ...] = get_args(AttentionBackend)
 RECOMPUTE_MODES: tuple[Recompute, ...] = get_args(Recompute)
 T_SAMPLINGS: tuple[TSampling, ...] = get_args(TSampling)
+BLOCK_T_SAMPLINGS: tuple[BlockTSampling, ...] = get_args(BlockTSampling)
+# The two objectives that IsoFLOP sweeps, the SMDM family configs and RESULTS.csv compare
+# (block diffusion interpolates between them and has its own recipes, configs/block/).
+COMPARED_OBJECTIVES: tuple[Objective, ...] = ("mdm", "arm")
 DIFFUSION_LOSSES: tuple[DiffusionLoss, ...] = get_args(DiffusionLoss)
 ZERO_STAGES: tuple[ZeroStage, ...] = get_args(ZeroStage)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)

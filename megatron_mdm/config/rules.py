@@ -11,7 +11,7 @@ from megatron_mdm.config.checks import ConfigError, Fail
 if TYPE_CHECKING:
     from megatron_mdm.config.schema import ExperimentConfig
 
-__all__ = ["check_fp8", "check_layout", "check_sampling", "check_world_size"]
+__all__ = ["check_block", "check_fp8", "check_layout", "check_sampling", "check_world_size"]
 
 
 def check_layout(cfg: ExperimentConfig, fail: Fail) -> None:
@@ -30,6 +30,37 @@ def check_layout(cfg: ExperimentConfig, fail: Fail) -> None:
         fail(
             "parallel.pipeline",
             f"{p.pipeline} does not divide model.num_layers = {m.num_layers}",
+        )
+
+
+def check_block(cfg: ExperimentConfig, fail: Fail) -> None:
+    """Block diffusion (docs/design.md §11): a block size that divides the sequence, at every
+    step of the schedule, ending at the block size the model is sampled and scored with; and
+    no block settings on the other objectives, where they would be silently ignored."""
+    d, seq = cfg.diffusion, cfg.model.seq_length
+    if cfg.model.objective != "block":
+        for key, value in (
+            ("diffusion.block_size", d.block_size),
+            ("diffusion.block_size_schedule", d.block_size_schedule),
+        ):
+            if value is not None:
+                fail(key, f"only used by model.objective=block (this is {cfg.model.objective})")
+        return
+    if d.block_size is None:
+        fail("diffusion.block_size", "required for model.objective=block (tokens per block)")
+    if seq % d.block_size:
+        fail("diffusion.block_size", f"{d.block_size} does not divide model.seq_length = {seq}")
+    for step, size in d.block_size_schedule or ():
+        if seq % size:
+            fail(
+                "diffusion.block_size_schedule",
+                f"block size {size} (from step {step}) does not divide model.seq_length = {seq}",
+            )
+    if d.block_size_schedule and d.block_size_schedule[-1][1] != d.block_size:
+        fail(
+            "diffusion.block_size_schedule",
+            f"ends at block size {d.block_size_schedule[-1][1]}, but diffusion.block_size = "
+            f"{d.block_size} (the block size the model is sampled with)",
         )
 
 

@@ -21,10 +21,12 @@ from megatron_mdm.config.checks import (
     non_negative,
     positive,
     short,
+    step_schedule,
     within,
 )
 from megatron_mdm.config.choices import (
     AttentionBackend,
+    BlockTSampling,
     DataValidation,
     DiffusionLoss,
     FP8GradFormat,
@@ -45,7 +47,7 @@ from megatron_mdm.config.choices import (
     ZeroStage,
 )
 from megatron_mdm.config.coerce import check_types
-from megatron_mdm.config.rules import check_fp8, check_layout, check_sampling
+from megatron_mdm.config.rules import check_block, check_fp8, check_layout, check_sampling
 
 __all__ = [
     "ChatTemplateConfig",
@@ -167,7 +169,9 @@ class ModelConfig:
     """Tokens per training sequence (and the rotary table length)."""
     objective: Objective = "mdm"
     """mdm: bidirectional masked diffusion (the point of this project); arm: the causal
-    next-token baseline trained by the same stack, for like-for-like comparisons."""
+    next-token baseline trained by the same stack, for like-for-like comparisons; block: block
+    diffusion (BD3-LM): blocks of diffusion.block_size tokens denoised in parallel, generated
+    left to right with an exact KV cache (docs/design.md §11)."""
     transformer_impl: TransformerImpl = "local"
     """local: megatron-core's plain torch layers (run anywhere, FP8 through kernels/);
     transformer_engine: NVIDIA TE layers (GPU, needed for sequence parallelism)."""
@@ -258,11 +262,27 @@ class DiffusionConfig:
     """Weight of each masked token's CE (both average over all tokens): smdm: 1 / p (SMDM,
     LLaDA); mdlm: MDLM's log-linear schedule weight 1 / t, with t recovered from p."""
 
+    block_size: int | None = None
+    """model.objective=block: tokens per block B, dividing model.seq_length (B = L: the MDM,
+    B = 1: an ARM; docs/design.md §11); also the B of validation, sampling and likelihood."""
+    block_t_sampling: BlockTSampling = "block"
+    """model.objective=block: one t per block (BD3-LM) or one per sequence, shared by its blocks."""
+    block_size_schedule: list | None = None
+    """model.objective=block: training B by step, [[step, B], ...] piecewise constant from step 0
+    (LLaDA2.0's warmup-stable-decay); ends at diffusion.block_size. None: block_size throughout."""
+
+    def block_size_at(self, step: int) -> int | None:
+        """The training block size at `step` (a pure function of the step: exact on resume)."""
+        sizes = [b for start, b in self.block_size_schedule or () if start <= step]
+        return sizes[-1] if sizes else self.block_size
+
     def validate(self, fail: Fail) -> None:
-        """eps and var_len_prob are probabilities."""
+        """eps and var_len_prob are probabilities; block size and schedule are well formed."""
         finite(fail, "diffusion.eps", self.eps)
         within(fail, "diffusion.eps", self.eps)
         within(fail, "diffusion.var_len_prob", self.var_len_prob, closed=True)
+        positive(fail, "diffusion.block_size", self.block_size)
+        step_schedule(fail, "diffusion.block_size_schedule", self.block_size_schedule)
 
 
 @dataclass
@@ -570,7 +590,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The network: shape, objective, implementation."""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    """Masking and loss weighting of the mdm objective (unused by arm)."""
+    """Masking and loss weighting of the mdm and block objectives (unused by arm)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Tensor / pipeline / ZeRO layout; data parallelism takes the remaining ranks."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -619,6 +639,7 @@ class ExperimentConfig:
         ):
             check(self._fail)
         check_layout(self, self._fail)
+        check_block(self, self._fail)
         check_sampling(self, self._fail)
         if self.train.precision == "fp8":
             check_fp8(self, self._fail)

@@ -41,14 +41,15 @@ from megatron_mdm.utils import MDMError
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def generation_defaults(objective: str) -> dict:
-    """`generation_config.json`'s sampler settings: `SamplingConfig`'s defaults, resolved."""
+def generation_defaults(objective: str, block_size: int | None = None) -> dict:
+    """`generation_config.json`'s sampler settings: `SamplingConfig`'s defaults, resolved (a
+    block diffusion model's block length is its block size)."""
     c = SamplingConfig()
     return {
         "sampler": pick_sampler(c.sampler, objective),
         "gen_length": c.gen_length,
         "steps": c.steps,
-        "block_length": c.blocks,
+        "block_length": block_size or c.blocks,
         "temperature": c.temperature,
         "remasking": c.remasking,
         "cfg": c.cfg,
@@ -83,7 +84,7 @@ def export(args) -> dict:
         folder_io.write_json(
             staging / "generation_config.json",
             {
-                **generation_defaults(cfg.model.objective),
+                **generation_defaults(cfg.model.objective, cfg.diffusion.block_size),
                 "mask_token_id": vocab.mask_id,
                 "eos_token_id": meta["tokenizer"]["eos_id"],
                 "objective": cfg.model.objective,
@@ -148,7 +149,10 @@ def _experiment_for_import(fmt: str, src: Path):
     mask_default = config.get("vocab_size") if fmt == "smdm" else None
     model["mask_token_id"] = config.get("mask_token_id", mask_default)
     tokenizer = folder_io.read_tokenizer(src)
-    cfg = from_dict({"model": model, "data": {"tokenizer": tokenizer}}, source=str(where))
+    sections = {"model": model, "data": {"tokenizer": tokenizer}}
+    if model.get("objective") == "block":  # an hf export of a block diffusion model
+        sections["diffusion"] = {"block_size": _config_value(config, "block_size", where)}
+    cfg = from_dict(sections, source=str(where))
     tok = build_tokenizer(tokenizer["type"], tokenizer.get("model"))
     vocab = VocabLayout.build(
         tok.vocab_size, cfg.model.mask_token_id, cfg.model.make_vocab_size_divisible_by, 1

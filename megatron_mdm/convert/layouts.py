@@ -47,8 +47,9 @@ the dict can go straight to `safetensors.torch.save_file`; whole tensors may be 
 input. Casting is the caller's business.
 
 `meta` for `config_json` (every key optional; `config_meta` builds it from an experiment config):
-tokenizer_size, mask_id, seq_length, rotary_base, norm_epsilon, init_std, objective, torch_dtype
-("float32" | "bfloat16" | ...), bos_token_id, eos_token_id, pad_token_id, name.
+tokenizer_size, mask_id, seq_length, rotary_base, norm_epsilon, init_std, objective, block_size
+(objective block), torch_dtype ("float32" | "bfloat16" | ...), bos_token_id, eos_token_id,
+pad_token_id, name.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def config_meta(cfg: ExperimentConfig, vocab: VocabLayout, **extra: Any) -> dict
         "norm_epsilon": m.norm_epsilon,
         "init_std": m.init_std,
         "objective": m.objective,
+        "block_size": cfg.diffusion.block_size,
         "torch_dtype": "float32" if cfg.train.precision == "fp32" else "bfloat16",
     }
     meta.update(extra)
@@ -492,6 +494,7 @@ def hf_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
         "rope_theta": float(meta.get("rotary_base", 10000.0)),
         "rms_norm_eps": meta.get("norm_epsilon", 1e-5),
         "objective": meta.get("objective", "mdm"),
+        **({"block_size": meta["block_size"]} if meta.get("objective") == "block" else {}),
         "mask_token_id": mask_id,
         "invalid_output_ids": invalid,
         "initializer_range": meta.get("init_std", 0.02),
@@ -574,10 +577,13 @@ def llada_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
 def smdm_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
     """Exactly the fields of SMDM's lit-gpt `Config`, so `Config(**json.load(f))` works.
 
+    Block-diffusion models are refused: lit-gpt's MDM attends bidirectionally.
     lit-gpt sizes wte/lm_head by `padded_vocab_size` (= the exported rows here) and SMDM's
     scripts take `[MASK]` = `vocab_size`, which holds for our default mask id (right after the
     tokenizer). Its RoPE base is hard-coded to 10000, so other bases cannot be expressed.
     """
+    if meta.get("objective", "mdm") == "block":
+        raise LayoutError("smdm: lit-gpt's MDM attends bidirectionally; export a block model as hf")
     base = float(meta.get("rotary_base", 10000.0))
     if base != 10000.0:
         raise LayoutError(

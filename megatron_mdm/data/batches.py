@@ -16,27 +16,43 @@ from typing import Literal, Protocol
 import torch
 
 from megatron_mdm.config import ExperimentConfig
-from megatron_mdm.diffusion.masking import crop_length, forward_mask
+from megatron_mdm.diffusion.masking import block_forward_mask, crop_length, forward_mask
 
 
 @dataclass
 class MicroBatch:
-    inputs: torch.Tensor  # [b, L'] model input (x_t for MDM, x[:-1] for ARM)
-    targets: torch.Tensor  # [b, L'] x0 (MDM) or next tokens (ARM)
-    masked: torch.Tensor | None  # [b, L'] bool, MDM only
-    p_mask: torch.Tensor | None  # [b], MDM only
+    inputs: torch.Tensor  # [b, L'] model input (x_t for MDM and block, x[:-1] for ARM)
+    targets: torch.Tensor  # [b, L'] x0 (MDM, block) or next tokens (ARM)
+    masked: torch.Tensor | None  # [b, L'] bool, MDM and block only
+    p_mask: torch.Tensor | None  # [b] (MDM) or [b, L'] per token (block)
+    block_size: int | None = None  # block objective: the block size of this step (schedule)
 
     def to(self, device) -> MicroBatch:
         def move(t):
             return None if t is None else t.to(device, non_blocking=True)
 
         return MicroBatch(
-            move(self.inputs), move(self.targets), move(self.masked), move(self.p_mask)
+            move(self.inputs),
+            move(self.targets),
+            move(self.masked),
+            move(self.p_mask),
+            self.block_size,
         )
 
     @property
     def num_tokens(self) -> int:
         return self.inputs.numel()
+
+    def model_kwargs(self) -> dict:
+        """Extra model inputs: block diffusion runs x_0 beside x_t (docs/design.md §11)."""
+        if self.block_size is None:
+            return {}
+        return {"clean_input_ids": self.targets, "block_size": self.block_size}
+
+    @property
+    def model_length(self) -> int:
+        """Positions the model runs (and pipeline stages exchange): 2L' for block diffusion."""
+        return self.inputs.shape[1] * (1 if self.block_size is None else 2)
 
 
 BatchKind = Literal["pretrain", "sft"]
@@ -78,7 +94,8 @@ def build_micro_batch(
     """Samples `first_index + p` for p in `positions` (each `seq_length + 1` tokens), masked.
 
     `source` is anything with `sample(index) -> array`; `var_len_prob` overrides the config
-    (evaluation uses full lengths)."""
+    (evaluation uses full lengths). Block diffusion trains at the block size of step `key`
+    (`diffusion.block_size_schedule`); validation keys use `diffusion.block_size`."""
     gbs, seq = cfg.train.global_batch_size, cfg.model.seq_length
     samples = torch.stack([torch.from_numpy(source.sample(first_index + p)) for p in positions])
     if cfg.model.objective == "arm":
@@ -87,5 +104,22 @@ def build_micro_batch(
     prob = d.var_len_prob if var_len_prob is None else var_len_prob
     length = crop_length(cfg.train.seed, key, positions[0], seq, prob)
     x0 = samples[:, :length]
+    if cfg.model.objective == "block":
+        size = d.block_size_at(key) if isinstance(key, int) else d.block_size
+        per_block = d.block_t_sampling == "block"
+        mb = block_forward_mask(
+            x0,
+            cfg.train.seed,
+            key,
+            positions,
+            gbs,
+            mask_id,
+            d.eps,
+            d.t_sampling,
+            size,
+            seq,
+            per_block,
+        )
+        return MicroBatch(mb.xt, mb.x0, mb.masked, mb.p_mask, size)
     mb = forward_mask(x0, cfg.train.seed, key, positions, gbs, mask_id, d.eps, d.t_sampling)
     return MicroBatch(mb.xt, mb.x0, mb.masked, mb.p_mask)

@@ -462,6 +462,14 @@ class SFTMicroBatch:
     def num_tokens(self) -> int:
         return self.inputs.numel()
 
+    def model_kwargs(self) -> dict:
+        """Extra model inputs (none: one copy of the sequence)."""
+        return {}
+
+    @property
+    def model_length(self) -> int:
+        return self.inputs.shape[1]
+
 
 def _padded_rows(
     examples: Sequence[SFTExample], length: int, eos_id: int

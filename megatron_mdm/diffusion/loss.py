@@ -19,10 +19,15 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return vocab_parallel_cross_entropy(logits.float(), targets)
 
 
+def per_token(p: torch.Tensor) -> torch.Tensor:
+    """A masking probability per sequence [B] as [B, 1]; per token [B, L] (blocks) as it is."""
+    return p[:, None] if p.dim() == 1 else p
+
+
 def smdm_loss(logits, x0, masked, p_mask) -> torch.Tensor:
-    """sum_{b,i} m_bi * CE_bi / p_b  /  (B * L)."""
+    """sum_{b,i} m_bi * CE_bi / p_bi  /  (B * L); p per sequence or per token (blocks, §11)."""
     ce = token_cross_entropy(logits, x0)
-    weighted = ce * masked.to(ce.dtype) / p_mask[:, None].to(ce.dtype)
+    weighted = ce * masked.to(ce.dtype) / per_token(p_mask).to(ce.dtype)
     return weighted.sum() / x0.numel()
 
 
@@ -39,7 +44,7 @@ def mdlm_loss(logits, x0, masked, p_mask, eps: float) -> torch.Tensor:
     """
     t = p_mask / (1.0 - eps)
     ce = token_cross_entropy(logits, x0)
-    weighted = ce * masked.to(ce.dtype) / t[:, None].to(ce.dtype)
+    weighted = ce * masked.to(ce.dtype) / per_token(t).to(ce.dtype)
     return weighted.sum() / x0.numel()
 
 

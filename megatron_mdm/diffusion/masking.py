@@ -20,7 +20,7 @@ class MaskedBatch:
     x0: torch.Tensor  # [B, L] clean tokens
     xt: torch.Tensor  # [B, L] tokens with masked positions replaced by mask_id
     masked: torch.Tensor  # [B, L] bool
-    p_mask: torch.Tensor  # [B] masking probability per sequence
+    p_mask: torch.Tensor  # [B] masking probability per sequence, or [B, L] per token (blocks)
 
 
 def sample_t(seed: int, key, batch_indices: list[int], global_batch: int, how: str):
@@ -99,3 +99,56 @@ def response_mask(
     uniforms = keyed_uniforms(seed, key, positions, "sft-mask", (seq_length,))[:, :length]
     in_response = torch.arange(length)[None, :] >= prompt_lengths[:, None]
     return (uniforms < p[:, None]) & in_response, p
+
+
+def block_t(
+    seed: int,
+    key,
+    batch_indices: list[int],
+    global_batch: int,
+    how: str,
+    num_blocks: int,
+    per_block: bool,
+) -> torch.Tensor:
+    """[b, num_blocks] float64 t of each block (docs/design.md §11). `per_block`: sample j draws
+    its blocks' t from its own t generator, so block 0's t is the sequence t of `sample_t` (with
+    one block, the mdm objective's draw); stratified spreads one offset over all G * n blocks of
+    the global batch. Otherwise every block shares the sequence t."""
+    if not per_block:
+        return sample_t(seed, key, batch_indices, global_batch, how)[:, None].expand(-1, num_blocks)
+    if how == "stratified":
+        u = torch.rand(
+            (), generator=keyed_generator(seed, key, "t-stratified"), dtype=torch.float64
+        )
+        idx = torch.tensor(batch_indices, dtype=torch.float64)[:, None] * num_blocks
+        idx = idx + torch.arange(num_blocks, dtype=torch.float64)[None, :]
+        return torch.remainder(u + idx / (global_batch * num_blocks), 1.0)
+    return keyed_uniforms(seed, key, batch_indices, "t", (num_blocks,), dtype=torch.float64)
+
+
+def block_forward_mask(
+    x0: torch.Tensor,
+    seed: int,
+    key,
+    batch_indices: list[int],
+    global_batch: int,
+    mask_id: int,
+    eps: float,
+    t_sampling: str,
+    block_size: int,
+    seq_length: int,
+    per_block: bool,
+) -> MaskedBatch:
+    """Block diffusion masking: token i of sample j is masked with probability p of its block,
+    p = (1 - eps) t + eps, from the same per-sample uniforms as `forward_mask`. t is drawn for
+    the seq_length // block_size blocks of a full sample and cut to a cropped x0's blocks, so a
+    crop changes no draw. `p_mask` is per token, [b, L']."""
+    num_blocks = -(-seq_length // block_size)
+    t = block_t(seed, key, batch_indices, global_batch, t_sampling, num_blocks, per_block)
+    p_blocks = masking_probability(t, eps)
+    length = x0.shape[1]
+    p = p_blocks[:, torch.arange(length) // block_size]
+    uniforms = keyed_uniforms(seed, key, batch_indices, "mask", (length,))
+    masked = uniforms < p
+    xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    return MaskedBatch(x0=x0, xt=xt, masked=masked, p_mask=p.contiguous())

@@ -188,6 +188,8 @@ def _likelihood(args) -> int:
             seed=args.seed,
             bos_id=model.eos_id,
             device=model.device,
+            block_fn=model.block_fn,
+            block_size=model.block_size,
         )
     except ValueError as exc:
         raise EvalError(str(exc)) from None

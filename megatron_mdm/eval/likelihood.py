@@ -17,6 +17,12 @@ Estimators (every one works on any `model_fn(ids [B, L]) -> logits [B, L, V]`):
   distribution over answers, deterministic, A forward passes).
 - ARM checkpoints (`objective: arm`): the exact next-token log-probability, so the same commands
   compare MDMs with their ARM baselines.
+- Block diffusion checkpoints (`objective: block`, docs/design.md §11): the block ELBO, a sum over
+  the blocks the answer touches of each block's ELBO given the clean tokens before it. One
+  forward pass of the training layout [x_t; x_0] (`block_fn`) scores every block of a sample at
+  once; each block draws its own l (`mc`, stratified over the batch per block) or t
+  (`bernoulli`). `chain_rule` runs unchanged on the block-causal `model_fn` (a query at answer
+  position i sees only its block and the clean blocks before it).
 
 Classifier-free guidance (`cfg` = w > 0) replaces the logits by `guided_logits` (prompt positions
 masked for the unconditional pass). A guided score ranks choices; it is not a normalised
@@ -35,7 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_mdm.diffusion.sampling import guided_logits, llada_sample
+from megatron_mdm.diffusion.block_sampling import block_diffusion_sample
+from megatron_mdm.diffusion.sampling import combine_guidance, guided_logits, llada_sample
 from megatron_mdm.utils import stable_seed
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -184,6 +191,74 @@ def bernoulli_samples(
     return torch.cat(scores)
 
 
+def answer_blocks(prompt_len: int, answer_len: int, block_size: int) -> list[tuple[int, int]]:
+    """[(start, end)) answer-index ranges of the blocks the answer touches; blocks sit at
+    multiples of `block_size` from the start of the prompt."""
+    ranges, i = [], 0
+    while i < answer_len:
+        end = min(answer_len, (prompt_len + i) // block_size * block_size + block_size - prompt_len)
+        ranges.append((i, end))
+        i = end
+    return ranges
+
+
+def _block_logits(block_fn, xt, x0, prompt_len: int, mask_id: int, cfg: float) -> torch.Tensor:
+    """x_t's logits under the training layout, guided: the unconditional pass masks the prompt
+    in both copies."""
+    if cfg == 0:
+        return block_fn(xt, x0)
+    uxt, ux0 = xt.clone(), x0.clone()
+    uxt[:, :prompt_len] = mask_id
+    ux0[:, :prompt_len] = mask_id
+    cond, uncond = block_fn(torch.cat([xt, uxt]), torch.cat([x0, ux0])).chunk(2)
+    return combine_guidance(cond, uncond, cfg)
+
+
+@torch.no_grad()
+def block_elbo_samples(
+    block_fn: Callable,
+    prompt: torch.Tensor,
+    answer: torch.Tensor,
+    mask_id: int,
+    block_size: int,
+    estimator: str = "mc",
+    mc_num: int = 128,
+    batch_size: int = 32,
+    cfg: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """[mc_num] float64 single-sample estimates of the block ELBO: per block of n answer tokens,
+    `mc` masks l ~ U{1..n} of them (stratified over the batch) with weight n / l, `bernoulli`
+    masks each with the block's t (stratified) with weight 1 / t; summed over blocks."""
+    p_len, a_len = len(prompt), len(answer)
+    x0 = torch.cat([prompt, answer])
+    blocks = answer_blocks(p_len, a_len, block_size)
+    scores = []
+    for b in _batch_sizes(mc_num, batch_size):
+        masked = torch.zeros(b, a_len, dtype=torch.bool)
+        weight = torch.zeros(b, a_len, dtype=torch.float64)
+        for start, end in blocks:
+            n = end - start
+            if estimator == "mc":
+                counts = stratified_mask_counts(n, b, generator)
+                masked[:, start:end] = _random_subsets(counts, n, generator)
+                weight[:, start:end] = (n / counts.double())[:, None]
+            else:
+                u = torch.rand((), generator=generator, dtype=torch.float64)
+                t = torch.remainder(u + torch.arange(b, dtype=torch.float64) / b, 1.0)
+                t = t.clamp_min(torch.finfo(torch.float64).tiny)
+                draws = torch.rand(b, n, generator=generator, dtype=torch.float64)
+                masked[:, start:end] = draws < t[:, None]
+                weight[:, start:end] = (1.0 / t)[:, None]
+        clean = x0.repeat(b, 1)
+        xt = clean.clone()
+        xt[:, p_len:] = torch.where(masked.to(x0.device), mask_id, xt[:, p_len:])
+        logits = _block_logits(block_fn, xt, clean, p_len, mask_id, cfg)[:, p_len:]
+        logp = _target_log_probs(logits, answer.expand(b, -1)).double().cpu()
+        scores.append((torch.where(masked, logp, 0.0) * weight).sum(1))
+    return torch.cat(scores)
+
+
 def summarize_samples(samples: torch.Tensor, batch_size: int, estimator: str) -> LikelihoodEstimate:
     """Mean and standard error. Stratification correlates the samples of a batch, so with two or
     more batches the error comes from the spread of the (independent) batch means; with one
@@ -253,6 +328,24 @@ def mdm_greedy_matches(
     return bool((out[0, len(prompt) :] == answer).all())
 
 
+@torch.no_grad()
+def block_greedy_matches(
+    model_fn: ModelFn,
+    prompt: torch.Tensor,
+    answer: torch.Tensor,
+    mask_id: int,
+    block_size: int,
+    cfg: float = 0.0,
+) -> bool:
+    """`mdm_greedy_matches` for a block diffusion model: the block sampler, greedy, one token
+    per step (no threshold), reproduces the answer."""
+    a_len = len(answer)
+    out = block_diffusion_sample(
+        prompt[None], mask_id, block_size, a_len, a_len, cfg=cfg, model_fn=model_fn
+    )
+    return bool((out[0, len(prompt) :] == answer).all())
+
+
 def estimate_log_likelihood(
     model_fn: ModelFn,
     prompt_ids: Sequence[int],
@@ -267,9 +360,12 @@ def estimate_log_likelihood(
     seed: int = 0,
     bos_id: int | None = None,
     device: torch.device | str = "cpu",
+    block_fn: Callable | None = None,
+    block_size: int | None = None,
 ) -> LikelihoodEstimate:
-    """log p(answer | prompt) by the chosen estimator (ARM: always exact). Raises ValueError on
-    bad options (unknown estimator, mc_num not a multiple of the batch, CFG on an ARM)."""
+    """log p(answer | prompt) by the chosen estimator (ARM: always exact; block diffusion: the
+    block ELBO through `block_fn`, the training layout). Raises ValueError on bad options
+    (unknown estimator, mc_num not a multiple of the batch, CFG on an ARM)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, not {estimator!r}")
     prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=device)
@@ -288,6 +384,22 @@ def estimate_log_likelihood(
         logp = chain_rule_log_likelihood(model_fn, prompt, answer, mask_id, batch_size, cfg)
         return LikelihoodEstimate(logp, 0.0, a_len, estimator)
     generator = pair_generator(seed, prompt_ids, answer_ids)
+    if objective == "block":
+        samples = block_elbo_samples(
+            block_fn,
+            prompt,
+            answer,
+            mask_id,
+            block_size,
+            estimator,
+            mc_num,
+            batch_size,
+            cfg,
+            generator,
+        )
+        result = summarize_samples(samples, batch_size, estimator)
+        result.num_tokens = a_len
+        return result
     draw = mc_samples if estimator == "mc" else bernoulli_samples
     samples = draw(model_fn, prompt, answer, mask_id, mc_num, batch_size, cfg, generator)
     result = summarize_samples(samples, batch_size, estimator)

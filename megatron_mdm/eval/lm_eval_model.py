@@ -9,7 +9,8 @@ two commands above are lm-eval's own command line with `mdm` registered first; i
 tasks: lm-eval's `--include_path DIR` (YAML task files).
 
 Model arguments (`--model_args k=v,...`):
-- `ckpt=PATH` or `hf=PATH`: training checkpoint / output_dir, or an `hf` export.
+- `ckpt=PATH` or `hf=PATH`: training checkpoint / output_dir, or an `hf` export (mdm, arm or
+  block diffusion; a block model scores the block ELBO and samples with `--sampler block`).
 - `estimator=mc|chain_rule|bernoulli`, `mc_num=128`, `mc_batch_size=32`, `cfg=0.0`, `seed=0`:
   `loglikelihood` through `eval.likelihood` (an MDM's score is an ELBO estimate, a lower bound on
   log p; with `cfg` > 0 a guided score that ranks choices, not a likelihood). lm-eval's own
@@ -44,6 +45,7 @@ except ImportError as exc:  # an optional extra
 
 from megatron_mdm.eval.likelihood import (
     arm_log_likelihood,
+    block_greedy_matches,
     encode_pair,
     estimate_log_likelihood,
     mdm_greedy_matches,
@@ -134,6 +136,8 @@ class MDMEvalModel(LM):
             seed=self.seed,
             bos_id=m.eos_id,
             device=m.device,
+            block_fn=m.block_fn,
+            block_size=m.block_size,
         )
         return est.log_likelihood, self._is_greedy(prompt_ids, answer_ids)
 
@@ -149,6 +153,10 @@ class MDMEvalModel(LM):
             return arm_log_likelihood(m.model_fn, prompt, answer, m.eos_id)[1]
         if not self.greedy_check:
             return False
+        if m.objective == "block":
+            return block_greedy_matches(
+                m.model_fn, prompt, answer, m.mask_id, m.block_size, self.cfg
+            )
         return mdm_greedy_matches(m.model_fn, prompt, answer, m.mask_id, self.cfg)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:

@@ -9,6 +9,8 @@ datasets). The stream is cut into consecutive windows of
 - MDM: the ELBO of the window (no context), estimated with `mc_num` masked copies (the
   `likelihood` estimators with an empty prompt). -ELBO / tokens bounds the per-token NLL from
   above, so exp of it bounds the perplexity from above (up to Monte Carlo error, reported).
+- Block diffusion: the window's block ELBO (sum over its blocks, docs/design.md §11), estimated
+  the same ways through the training layout.
 - ARM: the exact next-token NLL; window k is fed [last token of window k-1 (EOS for the first)]
   + window[:-1], so every token is scored exactly once, with the same window context as the MDM.
 """
@@ -33,6 +35,7 @@ from megatron_mdm.eval.errors import EvalError
 from megatron_mdm.eval.likelihood import (
     arm_log_likelihood,
     bernoulli_samples,
+    block_elbo_samples,
     mc_samples,
     summarize_samples,
 )
@@ -172,9 +175,30 @@ def perplexity_bound(
         else:
             generator = keyed_generator(seed, "ppl", k)
             try:
-                samples = draw(
-                    model.model_fn, empty, window, model.mask_id, mc_num, batch_size, 0.0, generator
-                )
+                if model.objective == "block":
+                    samples = block_elbo_samples(
+                        model.block_fn,
+                        empty,
+                        window,
+                        model.mask_id,
+                        model.block_size,
+                        estimator,
+                        mc_num,
+                        batch_size,
+                        0.0,
+                        generator,
+                    )
+                else:
+                    samples = draw(
+                        model.model_fn,
+                        empty,
+                        window,
+                        model.mask_id,
+                        mc_num,
+                        batch_size,
+                        0.0,
+                        generator,
+                    )
             except ValueError as exc:
                 raise EvalError(str(exc)) from None
             est = summarize_samples(samples, batch_size, estimator)

@@ -4,8 +4,10 @@ sampling flags every generating command shares.
 Samplers: `llada` (semi-autoregressive blocks), `mdlm` (ancestral, with the no-change cache) and
 `fast` (Fast-dLLM: approximate KV cache `--cache prefix|dual|none` and confidence-threshold
 unmasking `--threshold`) for masked diffusion models; `arm` (left to right with a KV cache,
-`--cache none` for a full forward pass per token) for the ARM baseline. The default follows the
-checkpoint's objective; a sampler of the other kind is refused with one line.
+`--cache none` for a full forward pass per token) for the ARM baseline; `block` (blocks left to
+right with an exact KV cache, `--cache none` for the whole prefix every step) for block diffusion
+models. The default follows the checkpoint's objective; a sampler of another kind is refused
+with one line.
 
 The flags map one to one onto `SamplingConfig` fields (`add_sampling_arguments`,
 `sampling_config_from_args`); defaults come from a `SamplingConfig`, never from here. The model
@@ -54,7 +56,8 @@ def add_sampling_arguments(
         "--sampler",
         choices=SAMPLERS,
         default=d.sampler,
-        help="default: arm for an ARM checkpoint, llada for a masked diffusion model",
+        help="default: arm for an ARM checkpoint, block for a block diffusion model, llada for a "
+        "masked diffusion model",
     )
     parser.add_argument("--gen-length", type=int, default=d.gen_length)
     parser.add_argument("--steps", type=int, default=d.steps)
@@ -68,13 +71,14 @@ def add_sampling_arguments(
         "--cache",
         choices=CACHE_MODES,
         default=d.cache,
-        help=f"fast: approximate KV cache per block (default {d.cache}); arm: none = no KV cache",
+        help=f"fast: approximate KV cache per block (default {d.cache}); arm, block: none = no "
+        "KV cache (the exact cache otherwise)",
     )
     parser.add_argument(
         "--threshold",
         type=_threshold,
         default=d.threshold,
-        help="fast: also reveal every masked token of the block above this confidence "
+        help="fast, block: also reveal every masked token of the block above this confidence "
         f"(default {d.threshold}; 'none': the fixed schedule only)",
     )
     if seed:

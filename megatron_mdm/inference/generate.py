@@ -2,8 +2,10 @@
 
 The samplers themselves are algorithms over a `model_fn` (docs/design.md §6, `diffusion/`):
 `llada` (the block sampler with no cache and no threshold), `fast` (the same reveal step with
-Fast-dLLM's approximate KV cache and confidence threshold), `mdlm` (ancestral, no-change cache)
-and `arm` (left to right with a KV cache; `cache="none"`: a full forward pass per token). This
+Fast-dLLM's approximate KV cache and confidence threshold), `mdlm` (ancestral, no-change cache),
+`arm` (left to right with a KV cache; `cache="none"`: a full forward pass per token) and `block`
+(block diffusion models: blocks left to right with an exact KV cache; `cache="none"`: the whole
+prefix every step). This
 module picks one from a `SamplingConfig` and the model's objective, seeds it, and turns text
 into ids and back, so `mdm generate`, the evaluations and the benchmarks sample identically.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from megatron_mdm.diffusion.arm_sampling import arm_sample, arm_sample_kv
+from megatron_mdm.diffusion.block_sampling import block_diffusion_sample, steps_per_block
 from megatron_mdm.diffusion.fast_sampling import fast_sample
 from megatron_mdm.diffusion.sampling import block_schedule, mdlm_sample
 from megatron_mdm.inference.loading import InferenceModel
@@ -21,14 +24,27 @@ from megatron_mdm.inference.sampling_config import SamplingConfig, SamplingError
 __all__ = ["complete", "cut_at_eos", "generate", "generate_ids"]
 
 
-def _check(config: SamplingConfig, sampler: str) -> None:
+def _check(config: SamplingConfig, sampler: str, block_size: int | None) -> None:
     config.validate()
+    if sampler == "block":
+        if block_size is None:
+            raise SamplingError("the block sampler needs a block diffusion model (no block size)")
+        if config.block_length is not None and config.block_length != block_size:
+            raise SamplingError(
+                f"block: block_length {config.block_length} differs from the model's block size "
+                f"{block_size} (leave it unset)"
+            )
+        try:
+            steps_per_block(config.gen_length, config.steps, block_size)
+        except ValueError as exc:
+            raise SamplingError(str(exc)) from None
     if sampler in ("llada", "fast"):
         try:
             block_schedule(config.gen_length, config.steps, config.blocks, config.remasking)
         except ValueError as exc:
             raise SamplingError(str(exc)) from None
-    if sampler == "fast" and config.threshold is not None and config.remasking != "low_confidence":
+    thresholded = sampler in ("fast", "block") and config.threshold is not None
+    if thresholded and config.remasking != "low_confidence":
         raise SamplingError("a confidence threshold needs remasking=low_confidence")
 
 
@@ -44,9 +60,10 @@ def generate(
     config: SamplingConfig,
     stats: dict | None = None,
 ) -> torch.Tensor:
-    """Token ids [B, P] -> [B, P + n] (n = gen_length, or fewer for arm stopping at EOS)."""
+    """Token ids [B, P] -> [B, P + n] (n = gen_length, or fewer for arm and block stopping at
+    EOS)."""
     sampler = pick_sampler(config.sampler, model.objective)
-    _check(config, sampler)
+    _check(config, sampler, model.block_size)
     c = config
     if sampler == "arm" and prompt_ids.shape[1] < 1:
         raise SamplingError("the arm sampler needs a prompt of at least one token")
@@ -59,6 +76,25 @@ def generate(
             return arm_sample(fn, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
         kv = _cached_model(model)
         return arm_sample_kv(kv, prompt_ids, c.gen_length, c.temperature, eos, generator, stats)
+    if sampler == "block":
+        cached = c.cache != "none"
+        assert model.block_size is not None  # _check
+        return block_diffusion_sample(
+            prompt_ids,
+            model.mask_id,
+            model.block_size,
+            c.gen_length,
+            c.steps,
+            c.temperature,
+            c.remasking,
+            c.cfg,
+            generator,
+            threshold=c.threshold,
+            eos_id=model.eos_id if c.stop_at_eos else None,
+            cached_model=_cached_model(model) if cached else None,
+            model_fn=None if cached else model.model_fn,
+            stats=stats,
+        )
     if sampler == "mdlm":
         return mdlm_sample(
             model.model_fn,

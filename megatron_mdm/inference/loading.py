@@ -18,6 +18,10 @@ itself (the folder's weights), and for `--ckpt` the same class built on demand f
 weights through the `hf` export mapping (`convert.layouts.to_hf`), sharing the megatron model's
 tensors where the mapping does not cut them. Both sources thus run one cached implementation.
 
+Block diffusion models (docs/design.md §11) also give `block_fn(x_t, x_0) -> logits of x_t`,
+the training layout [x_t; x_0] that the block ELBO scores, and their `block_size`; their
+`model_fn` is the block-causal forward of one copy.
+
 Bad paths are one line (`ModelLoadError`), never a traceback from inside a library.
 """
 
@@ -63,6 +67,8 @@ class InferenceModel:
     # builds `cached_model` when first used
     load_cached_model: Callable[[], torch.nn.Module] | None = None
     max_length: int | None = None  # the sequence length the model was trained at
+    block_size: int | None = None  # block diffusion: tokens per block
+    block_fn: Callable | None = None  # block diffusion: (x_t, x_0) -> logits of x_t
 
     @functools.cached_property
     def cached_model(self) -> torch.nn.Module | None:
@@ -110,6 +116,8 @@ def from_training_checkpoint(path: str | Path) -> InferenceModel:
         device=ctx.device,
         load_cached_model=load_cached_model,
         max_length=cfg.model.seq_length,
+        block_size=cfg.diffusion.block_size,
+        block_fn=lambda xt, x0: model(xt.to(ctx.device), clean_input_ids=x0.to(ctx.device)),
     )
 
 
@@ -141,7 +149,16 @@ def from_training_checkpoint_torch(path: str | Path, objective: str | None = Non
         device=device,
         load_cached_model=lambda: model,
         max_length=cfg.model.seq_length,
+        block_size=model.config.block_size,
+        block_fn=_torch_block_fn(model, device),
     )
+
+
+def _torch_block_fn(model, device) -> Callable:
+    def block_fn(xt: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=xt.to(device), clean_input_ids=x0.to(device)).logits
+
+    return block_fn
 
 
 def torch_model_from_canonical(canonical: dict, shape, meta: dict):
@@ -177,6 +194,8 @@ def from_hf_folder(path: str | Path) -> InferenceModel:
         device=device,
         load_cached_model=lambda: model,
         max_length=model.config.max_position_embeddings,
+        block_size=getattr(model.config, "block_size", None),
+        block_fn=_torch_block_fn(model, device),
     )
 
 

@@ -16,12 +16,15 @@ from typing import Literal
 
 from megatron_mdm.utils import MDMError
 
-SamplerName = Literal["llada", "mdlm", "fast", "arm"]
+SamplerName = Literal["llada", "mdlm", "fast", "arm", "block"]
 CacheMode = Literal["none", "prefix", "dual"]
 Remasking = Literal["low_confidence", "random"]
 
 SAMPLERS: tuple[str, ...] = typing.get_args(SamplerName)
-DIFFUSION_SAMPLERS: tuple[str, ...] = tuple(s for s in SAMPLERS if s != "arm")
+DIFFUSION_SAMPLERS: tuple[str, ...] = tuple(s for s in SAMPLERS if s not in ("arm", "block"))
+# the one sampler of each objective that has a single one
+_ONLY_SAMPLER = {"arm": "arm", "block": "block"}
+_KIND = {"arm": "an ARM checkpoint", "block": "a block diffusion model"}
 CACHE_MODES: tuple[str, ...] = typing.get_args(CacheMode)
 REMASKING: tuple[str, ...] = typing.get_args(Remasking)
 
@@ -33,14 +36,17 @@ class SamplingError(MDMError):
 @dataclass(frozen=True)
 class SamplingConfig:
     sampler: SamplerName | None = None
-    """llada | mdlm | fast (masked diffusion) or arm (left to right); None: arm for an ARM
-    checkpoint, llada for a masked diffusion model."""
+    """llada | mdlm | fast (masked diffusion), arm (left to right) or block (block diffusion:
+    blocks left to right with an exact KV cache); None: the objective's own (arm, block,
+    else llada)."""
     gen_length: int = 64
     """Tokens generated after the prompt (an upper bound for arm, which stops at EOS)."""
     steps: int = 64
-    """Denoising steps over the whole generation (llada/fast/mdlm); split evenly over blocks."""
+    """Denoising steps over the whole generation (llada/fast/mdlm); split evenly over blocks
+    (block: steps * block_size / gen_length per block of block_size tokens)."""
     block_length: int | None = None
-    """Semi-autoregressive block size (llada/fast); None: one block of gen_length."""
+    """Semi-autoregressive block size (llada/fast); None: one block of gen_length. block: the
+    model's block size (None, or the same number)."""
     temperature: float = 0.0
     """Gumbel-max temperature (float64 noise); 0 is greedy."""
     remasking: Remasking = "low_confidence"
@@ -48,15 +54,16 @@ class SamplingConfig:
     cfg: float = 0.0
     """Classifier-free guidance weight w (SMDM's unsupervised form); 0 disables it."""
     cache: CacheMode = "dual"
-    """fast: approximate KV cache per block (prefix | dual | none); arm: none = no KV cache."""
+    """fast: approximate KV cache per block (prefix | dual | none); arm and block: none = no
+    KV cache (the whole prefix every step), otherwise the exact cache."""
     threshold: float | None = 0.9
-    """fast: also reveal every masked token of the block above this confidence; None: the
-    fixed schedule only."""
+    """fast and block: also reveal every masked token of the block above this confidence;
+    None: the fixed schedule only."""
     seed: int = 0
     """Seed of the sampling generator (Gumbel noise, random remasking, MDLM draws)."""
     stop_at_eos: bool = True
-    """arm: stop once every row has produced EOS; False: exactly gen_length tokens (benchmarks
-    that compare samplers at equal length)."""
+    """arm and block: stop once every row has produced EOS (block: at the end of a block);
+    False: exactly gen_length tokens (benchmarks that compare samplers at equal length)."""
 
     @property
     def blocks(self) -> int:
@@ -94,17 +101,18 @@ class SamplingConfig:
 
 def pick_sampler(requested: str | None, objective: str) -> str:
     """The sampler to run for a model trained with `objective`; SamplingError for one of the
-    wrong kind."""
+    wrong kind (arm and block models have one sampler each; masked diffusion models the rest)."""
+    own = _ONLY_SAMPLER.get(objective)
     if requested is None:
-        return "arm" if objective == "arm" else "llada"
-    if objective == "arm" and requested != "arm":
+        return own or "llada"
+    if own is not None and requested != own:
         raise SamplingError(
-            f"--sampler {requested} needs a masked diffusion model; this is an ARM "
-            "checkpoint (use --sampler arm)"
+            f"--sampler {requested} needs a masked diffusion model; this is {_KIND[objective]} "
+            f"(use --sampler {own})"
         )
-    if objective != "arm" and requested == "arm":
+    if own is None and requested in _KIND:
         raise SamplingError(
-            "--sampler arm needs an ARM checkpoint; this is a masked diffusion model "
+            f"--sampler {requested} needs {_KIND[requested]}; this is a masked diffusion model "
             f"(use one of {', '.join(DIFFUSION_SAMPLERS)})"
         )
     return requested

@@ -5,6 +5,12 @@ matrix multiplies per token (transformer layers and the output layer; the input 
 lookup) and the second term is attention scores and weighted values (QK^T and AV, forward and
 backward) over the full L x L attention, since the MDM attends bidirectionally. The ARM baseline
 is counted the same way (as PaLM and Megatron do), so MDM/ARM MFU compare like for like.
+
+Block diffusion (docs/design.md §11) runs the 2L sequence [x_t; x_0] per sample of L training
+tokens: the layers run twice the positions, the output layer only x_t's, and attention is counted
+as the dense 2L x 2L product that SDPA and Transformer Engine compute (flex_attention skips the
+masked tiles, so this overstates its work by up to ~2.7x at small B):
+    6 * (2 * N_nonemb + V * d) + 12 * n_layers * d * 4L   per x_t token.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ def total_params(m: ModelConfig, padded_vocab: int) -> int:
 
 
 def flops_per_token(m: ModelConfig, padded_vocab: int, seq_length: int | None = None) -> float:
+    """Training FLOPs per token of a sequence of `seq_length` tokens (default model.seq_length);
+    for block diffusion per x_t token, the x_0 copy included."""
     seq = m.seq_length if seq_length is None else seq_length
-    matmul_params = non_embedding_params(m) + padded_vocab * m.hidden_size
-    return 6.0 * matmul_params + 12.0 * m.num_layers * m.hidden_size * seq
+    copies = 2 if m.objective == "block" else 1
+    matmul_params = copies * non_embedding_params(m) + padded_vocab * m.hidden_size
+    return 6.0 * matmul_params + 12.0 * m.num_layers * m.hidden_size * copies * copies * seq

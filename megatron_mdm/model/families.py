@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_mdm.config import OBJECTIVES, ModelConfig
+from megatron_mdm.config import COMPARED_OBJECTIVES as OBJECTIVES
+from megatron_mdm.config import ModelConfig
 from megatron_mdm.model.accounting import non_embedding_params
 
 __all__ = [

@@ -3,6 +3,15 @@
 Subclassing (rather than wrapping) keeps GPTModel's parameter names, `config`, `model_type` and
 `set_input_tensor`, which the pipeline schedules, DeepSpeed and the checkpoint converters rely on.
 Whether attention is bidirectional (MDM) or causal (ARM) is decided by the layer spec.
+
+Block diffusion (`objective="block"`, docs/design.md §11) passes a block mask at every forward:
+- training: `model(x_t, clean_input_ids=x_0, block_size=B)` runs the 2L sequence `[x_t; x_0]`
+  under the block-diffusion mask, with RoPE positions `0..L-1` for both copies, and returns the
+  logits of the x_t half only (the x_0 half skips the output layer);
+- inference: `model(x)` runs one block-causal copy (block k sees blocks <= k), with the model's
+  own block size.
+The 2L sequence is what flows between pipeline stages; every stage rebuilds the mask from the
+micro-batch (the masks are cached per shape, `model.attention_masks`).
 """
 
 from __future__ import annotations
@@ -11,14 +20,19 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 
+from megatron_mdm.model.attention_masks import block_causal_mask, block_diffusion_mask
 from megatron_mdm.model.vocab import VocabLayout
 
 
 class MaskedDiffusionLM(GPTModel):
-    def __init__(self, *args, vocab: VocabLayout, objective: str, **kwargs):
+    def __init__(
+        self, *args, vocab: VocabLayout, objective: str, block_size: int | None = None, **kwargs
+    ):
         super().__init__(*args, vocab_size=vocab.padded_size, **kwargs)
         self.vocab = vocab
         self.objective = objective
+        self.block_size = block_size
+        self._noisy_length = None  # set while a [x_t; x_0] forward runs: L of the x_t half
         if self.post_process:
             self.register_buffer("logit_bias", self._local_logit_bias(vocab), persistent=False)
 
@@ -34,13 +48,57 @@ class MaskedDiffusionLM(GPTModel):
                 bias[vid - first] = float("-inf")
         return bias
 
-    def forward(self, input_ids, position_ids=None, attention_mask=None, **kwargs):
-        """Logits [batch, seq, local vocab] on the last stage, hidden states elsewhere."""
+    def forward(
+        self,
+        input_ids,
+        position_ids=None,
+        attention_mask=None,
+        clean_input_ids=None,
+        block_size: int | None = None,
+        **kwargs,
+    ):
+        """Logits [batch, seq, local vocab] on the last stage, hidden states elsewhere.
+
+        `clean_input_ids` [batch, L] (block objective, training): x_0 beside `input_ids` = x_t;
+        the logits then cover x_t only. `block_size` overrides the model's (a schedule)."""
+        noisy_length = None
+        if self.objective == "block":
+            size = block_size or self.block_size
+            if clean_input_ids is not None:
+                noisy_length = input_ids.shape[1]
+                input_ids = torch.cat([input_ids, clean_input_ids], dim=1)
+                attention_mask = block_diffusion_mask(noisy_length, size, input_ids.device)
+            else:
+                attention_mask = block_causal_mask(input_ids.shape[1], size, input_ids.device)
+        elif clean_input_ids is not None:
+            raise ValueError(f"clean_input_ids is for the block objective, not {self.objective}")
         if position_ids is None:
             seq = input_ids.shape[1]
             position_ids = torch.arange(seq, device=input_ids.device).unsqueeze(0)
             position_ids = position_ids.expand(input_ids.shape[0], -1)
-        out = super().forward(input_ids, position_ids, attention_mask, **kwargs)
+        self._noisy_length = noisy_length
+        try:
+            out = super().forward(input_ids, position_ids, attention_mask, **kwargs)
+        finally:
+            self._noisy_length = None
         if not self.post_process:
             return out
+        if noisy_length is not None:
+            out = out[:, :noisy_length]  # a no-op unless sequence parallelism kept x_0's logits
         return out + self.logit_bias.to(out.dtype)
+
+    def _preprocess(self, *args, **kwargs):
+        """GPTModel computes RoPE for positions 0..2L-1; the x_0 copy sits at x_t's positions."""
+        out = super()._preprocess(*args, **kwargs)
+        length, rope = self._noisy_length, out[1]
+        if length is None or rope is None:
+            return out
+        return (out[0], torch.cat([rope[:length], rope[:length]]), *out[2:])
+
+    def _postprocess(self, hidden_states, **kwargs):
+        """Only the x_t half goes through the output layer (hidden states are [s, b, h]; under
+        sequence parallelism they are split along s, so the logits are cut after instead)."""
+        length = self._noisy_length
+        if length is not None and self.post_process and not self.config.sequence_parallel:
+            hidden_states = hidden_states[:length]
+        return super()._postprocess(hidden_states=hidden_states, **kwargs)

@@ -139,7 +139,9 @@ def estimate_memory(cfg: ExperimentConfig, padded_vocab: int, gpus: int) -> Memo
         params, t.precision, p.zero_stage, dp, p.offload_optimizer
     )
     flash = stores_no_attention_scores(m)
-    per_layer = activation_bytes_per_layer(m, t.micro_batch_size, m.seq_length, p.tensor, flash)
+    # block diffusion runs [x_t; x_0]: the layers see 2L positions, the output layer L
+    layer_seq = m.seq_length * (2 if m.objective == "block" else 1)
+    per_layer = activation_bytes_per_layer(m, t.micro_batch_size, layer_seq, p.tensor, flash)
     stage_layers = m.num_layers // p.pipeline
     logits = logits_bytes(t.micro_batch_size, m.seq_length, padded_vocab, p.tensor)
     if p.pipeline == 1:

@@ -1,7 +1,9 @@
 """Layer specs: which megatron-core modules make up a transformer layer.
 
 Both implementations (local torch, Transformer Engine) use megatron-core's stock GPT specs; we only
-choose the attention mask type: `no_mask` for the bidirectional MDM, `causal` for the ARM baseline.
+choose the attention mask type: `no_mask` for the bidirectional MDM, `causal` for the ARM baseline,
+`arbitrary` for block diffusion, whose block mask the model passes at every forward (built once
+per shape; core attention: `SDPAttention` locally, `TEArbitraryMaskAttention` with TE).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from megatron_mdm.kernels.fp8_parallel_linear import (
     FP8RowParallelLinear,
 )
 from megatron_mdm.model.sdpa_attention import SDPAttention
+from megatron_mdm.model.te_attention import te_arbitrary_mask_attention
 
 TE_MISSING = (
     "transformer_engine needs the transformer-engine package, which is not installed; install it "
@@ -36,6 +39,8 @@ def check_transformer_impl(cfg: ExperimentConfig) -> None:
 def attention_mask_type(objective: str):
     from megatron.core.transformer.enums import AttnMaskType
 
+    if objective == "block":
+        return AttnMaskType.arbitrary
     return AttnMaskType.causal if objective == "arm" else AttnMaskType.no_mask
 
 
@@ -70,8 +75,11 @@ def layer_spec(
     else:
         spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     spec = copy.deepcopy(spec)
+    attention = spec.submodules.self_attention.submodules
     if transformer_impl == "local" and attention_backend == "sdpa":
-        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        attention.core_attention = SDPAttention
+    if transformer_impl == "transformer_engine" and objective == "block":
+        attention.core_attention = te_arbitrary_mask_attention()
     if transformer_impl == "local" and fp8_grad_format is not None:
         use_fp8_linears(spec, fp8_grad_format)
     spec.submodules.self_attention.params["attn_mask_type"] = attention_mask_type(objective)

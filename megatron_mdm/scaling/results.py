@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_mdm.config import OBJECTIVES
+from megatron_mdm.config import COMPARED_OBJECTIVES as OBJECTIVES
 from megatron_mdm.scaling.errors import ScalingLawError
 from megatron_mdm.scaling.sweep import Manifest, PlannedRun
 from megatron_mdm.utils import atomic_write_text

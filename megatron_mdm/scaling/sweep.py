@@ -32,8 +32,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from megatron_mdm.config import COMPARED_OBJECTIVES as OBJECTIVES
 from megatron_mdm.config import (
-    OBJECTIVES,
     ConfigError,
     ExperimentConfig,
     dump_yaml,

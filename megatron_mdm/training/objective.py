@@ -1,7 +1,8 @@
 """The loss of a run, chosen once when the run is built (docs/design.md §3, §4).
 
 `loss_for(cfg, kind)` returns `loss(logits, micro_batch) -> scalar` for the batch source's kind:
-SFT batches take the SFT loss (both objectives), pretraining batches the ARM, MDLM or SMDM loss.
+SFT batches take the SFT loss (mdm and arm), pretraining batches the ARM, MDLM or SMDM loss
+(block diffusion: the same MDLM or SMDM loss on x_t's logits, with p per token, §11).
 It runs on the last pipeline stage on vocab-parallel logits (correct under TP without gathering
 the vocabulary); nothing in the training step inspects batch types.
 """

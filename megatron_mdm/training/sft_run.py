@@ -61,6 +61,10 @@ def _fail(cfg: ExperimentConfig, key: str | None, message: str) -> ConfigError:
 def check_sft_inputs(cfg: ExperimentConfig) -> None:
     """What `mdm sft` needs beyond a valid config: data files that exist, an init source."""
     s = cfg.sft
+    if cfg.model.objective == "block":
+        raise _fail(
+            cfg, "model.objective", "mdm sft does not train block diffusion yet (mdm or arm)"
+        )
     if not s.data_files:
         raise _fail(cfg, "sft.data", "required by mdm sft (a file or a list of files)")
     for key, files in (("sft.data", s.data_files), ("sft.valid_data", s.valid_files)):

@@ -89,7 +89,7 @@ def train_step_no_pipeline(
     grad_norm = float("nan")
     for i, mb in enumerate(micro_batches):
         mb = mb.to(ctx.device)
-        logits = engine(mb.inputs)
+        logits = engine(mb.inputs, **mb.model_kwargs())
         loss = loss_fn(logits, mb)
         engine.backward(_nan_if_not_finite(loss))
         if i == len(micro_batches) - 1 and not deepspeed_clips(cfg):
@@ -111,7 +111,7 @@ def _pipeline_losses(
 
     def forward_step(data_iterator, model) -> tuple[torch.Tensor, Callable]:
         mb = next(data_iterator).to(ctx.device)
-        output = model(mb.inputs)
+        output = model(mb.inputs, **mb.model_kwargs())
 
         def loss_func(logits):
             loss = loss_fn(logits, mb)
@@ -125,7 +125,7 @@ def _pipeline_losses(
         data_iterator=iter(micro_batches),
         model=[engine.module],
         num_microbatches=len(micro_batches),
-        seq_length=max(mb.inputs.shape[1] for mb in micro_batches),
+        seq_length=max(mb.model_length for mb in micro_batches),
         micro_batch_size=micro_batches[0].inputs.shape[0],
         forward_only=forward_only,
     )
@@ -161,7 +161,7 @@ def eval_loss(cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn)
         losses = []
         for mb in micro_batches:
             mb = mb.to(ctx.device)
-            losses.append(loss_fn(engine(mb.inputs), mb).float())
+            losses.append(loss_fn(engine(mb.inputs, **mb.model_kwargs()), mb).float())
         loss = torch.stack(losses).mean()
     return _mean_over_data_parallel(loss)
 

@@ -15,8 +15,10 @@ AUTO_MAP = {
 
 
 class MDMConfig(PretrainedConfig):
-    """Llama-style transformer trained as a masked diffusion LM (`objective="mdm"`, bidirectional)
-    or as an autoregressive baseline (`objective="arm"`, causal) by megatron-mdm.
+    """Llama-style transformer trained as a masked diffusion LM (`objective="mdm"`, bidirectional),
+    as an autoregressive baseline (`objective="arm"`, causal) or as a block diffusion LM
+    (`objective="block"`: block k attends to blocks <= k, `block_size` tokens per block) by
+    megatron-mdm.
 
     `vocab_size` is the number of embedding rows: the tokenizer vocabulary plus the `[MASK]` id,
     without megatron's tensor-parallel padding (the exporter drops those rows). `invalid_output_ids`
@@ -40,6 +42,7 @@ class MDMConfig(PretrainedConfig):
         rope_theta=10000.0,
         rms_norm_eps=1e-5,
         objective="mdm",
+        block_size=None,
         mask_token_id=None,
         invalid_output_ids=None,
         initializer_range=0.02,
@@ -50,8 +53,10 @@ class MDMConfig(PretrainedConfig):
         auto_map=None,
         **kwargs,
     ):
-        if objective not in ("mdm", "arm"):
-            raise ValueError(f"objective must be 'mdm' or 'arm', got {objective!r}")
+        if objective not in ("mdm", "arm", "block"):
+            raise ValueError(f"objective must be 'mdm', 'arm' or 'block', got {objective!r}")
+        if objective == "block" and not (isinstance(block_size, int) and block_size >= 1):
+            raise ValueError(f"objective 'block' needs block_size >= 1, got {block_size!r}")
         if num_key_value_heads is None:
             num_key_value_heads = num_attention_heads
         if num_attention_heads % num_key_value_heads != 0:
@@ -89,6 +94,7 @@ class MDMConfig(PretrainedConfig):
         self.rope_theta = float(rope_theta)
         self.rms_norm_eps = rms_norm_eps
         self.objective = objective
+        self.block_size = block_size if objective == "block" else None
         self.mask_token_id = mask_token_id
         self.invalid_output_ids = invalid_output_ids
         self.initializer_range = initializer_range

@@ -7,6 +7,11 @@ no biases) so that an exported model reproduces the training model's logits.
 
 Attention is bidirectional for `objective="mdm"`: a masked diffusion LM denoises every position
 from the whole sequence. `objective="arm"` uses the same weights layout with a causal mask.
+`objective="block"` (block diffusion, BD3-LM style, `block_size` B): block k = position div B
+attends to blocks <= k; inside a block attention is bidirectional. Passing `clean_input_ids`
+(x_0) beside `input_ids` (x_t) runs the training layout [x_t; x_0] (RoPE positions 0..L-1 for
+both copies; x_t block k sees x_t block k and x_0 blocks < k, x_0 block k sees x_0 blocks <= k)
+and returns x_t's logits: what the block-diffusion loss and ELBO score.
 
 Key/value cache (for samplers; training never uses it): `use_cache=True` returns, per layer, the
 keys (after RoPE) and values attended to, `[B, kv_heads, S, head_dim]`, as `kv_cache`.
@@ -14,8 +19,11 @@ A later call with `kv_cache` computes only its `input_ids` positions and attends
 cached keys plus its own: appended after them (ARM decoding: positions `S, S+1, ...`), or, with
 `replace_at=s`, written over cached positions `s .. s+n-1` (a block in the middle of a cached
 sequence, Fast-dLLM's dual cache). Queries see every key for `mdm` and keys at positions <= their
-own for `arm`. A cache is exact for ARM; for MDM it is an approximation whenever the tokens it
-was computed from have changed since (bidirectional keys depend on the whole sequence).
+own for `arm`, and keys of blocks <= their own for `block`. A cache is exact for ARM, and for
+`block` when it holds whole finished blocks computed clean (prefill the prompt's complete blocks,
+denoise the next block against the cache, then commit the clean block with one more call); for
+MDM it is an approximation whenever the tokens it was computed from have changed since
+(bidirectional keys depend on the whole sequence).
 """
 
 import math
@@ -154,22 +162,50 @@ class MDMDecoderLayer(nn.Module):
         return (x, present) if use_cache else x
 
 
+def block_visible(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, block_size: int
+) -> torch.Tensor:
+    """[nq, nk] bool: key j is visible to query i iff block(key j) <= block(query i)."""
+    return (key_positions[None, :] // block_size) <= (query_positions[:, None] // block_size)
+
+
+def block_diffusion_attention_mask(length: int, block_size: int, device) -> torch.Tensor:
+    """[2L, 2L] bool (True = attend) of the training layout [x_t; x_0] (module docstring)."""
+    block = (torch.arange(2 * length, device=device) % length) // block_size
+    noisy = torch.arange(2 * length, device=device) < length
+    q_block, k_block = block[:, None], block[None, :]
+    q_noisy, k_noisy = noisy[:, None], noisy[None, :]
+    from_noisy = (k_noisy & (k_block == q_block)) | (~k_noisy & (k_block < q_block))
+    return torch.where(q_noisy, from_noisy, ~k_noisy & (k_block <= q_block))
+
+
 def build_attention_mask(
-    attention_mask: torch.Tensor | None, causal: bool, seq_len: int
+    attention_mask: torch.Tensor | None,
+    causal: bool,
+    seq_len: int,
+    block_size: int | None = None,
 ) -> torch.Tensor | None:
     """Boolean SDPA mask (True = attend) from a [B, L] 1/0 padding mask, or None.
 
-    None whenever nothing is padded, so SDPA can take its fused paths (and `is_causal` for ARM).
-    Every query may attend to itself: a padded query (left padding under the causal mask) would
-    otherwise see no key at all and SDPA would return NaN there; real queries are unaffected because
-    their own position is never padding.
+    None whenever nothing is padded and attention is plain (bidirectional, or causal through
+    SDPA's `is_causal`), so SDPA can take its fused paths; block attention (`block_size`) always
+    has a mask. Every query may attend to itself: a padded query (left padding under the causal
+    mask) would otherwise see no key at all and SDPA would return NaN there; real queries are
+    unaffected because their own position is never padding.
     """
-    if attention_mask is None or bool(attention_mask.bool().all()):
-        return None
-    device = attention_mask.device
+    padded = attention_mask is not None and not bool(attention_mask.bool().all())
+    device = attention_mask.device if attention_mask is not None else None
+    structure = None
+    if block_size is not None:
+        positions = torch.arange(seq_len, device=device)
+        structure = block_visible(positions, positions, block_size)
+    elif causal and padded:
+        structure = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    if not padded:
+        return structure
     keep = attention_mask.bool()[:, None, None, :]
-    if causal:
-        keep = keep & torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    if structure is not None:
+        keep = keep & structure
     return keep | torch.eye(seq_len, dtype=torch.bool, device=device)
 
 
@@ -183,6 +219,17 @@ def cached_causal_mask(
         return None
     queries = torch.arange(offset, offset + num_queries, device=device)
     return torch.arange(num_keys, device=device)[None, :] <= queries[:, None]
+
+
+def cached_block_mask(
+    offset: int, num_queries: int, num_keys: int, block_size: int, device: torch.device
+) -> torch.Tensor | None:
+    """`cached_causal_mask` for block attention: key j is visible to query i iff
+    block(j) <= block(offset + i). None when every key is visible: one block denoised or
+    committed against a cache of earlier blocks, the block sampler's every call."""
+    queries = torch.arange(offset, offset + num_queries, device=device)
+    visible = block_visible(queries, torch.arange(num_keys, device=device), block_size)
+    return None if bool(visible.all()) else visible
 
 
 # Own output classes with a `kv_cache` field: transformers renames `past_key_values` between
@@ -246,15 +293,20 @@ class MDMModel(MDMPreTrainedModel):
         kv_cache: tuple | list | None = None,
         replace_at: int | None = None,
         use_cache: bool | None = None,
+        clean_input_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         """`attention_mask` [B, L] (1 = token, 0 = padding) only masks padded keys; training
         packs sequences without any mask, so leave it None to reproduce training numerics.
         `kv_cache`, `replace_at`, `use_cache`: the key/value cache (module docstring);
         without `position_ids` the new tokens sit at positions `replace_at ..` or right after
-        the cache."""
+        the cache. `clean_input_ids` (block objective): the training layout, hidden states of
+        all 2L positions [x_t; x_0]."""
         b, n = input_ids.shape
         causal = self.config.objective == "arm"
+        block = self.config.block_size if self.config.objective == "block" else None
+        if clean_input_ids is not None:
+            return self._training_layout(input_ids, clean_input_ids, attention_mask, kv_cache)
         cached = 0 if kv_cache is None else kv_cache[0][0].shape[2]
         if replace_at is not None and not (kv_cache and 0 <= replace_at <= cached - n):
             raise ValueError(f"replace_at={replace_at} needs a cache covering it ({cached})")
@@ -264,13 +316,53 @@ class MDMModel(MDMPreTrainedModel):
             position_ids = position_ids.unsqueeze(0).expand(b, -1)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         if kv_cache is None:
-            mask = build_attention_mask(attention_mask, causal, n)
+            mask = build_attention_mask(attention_mask, causal, n, block)
         else:
             if attention_mask is not None and not bool(attention_mask.bool().all()):
                 raise ValueError("padding attention_mask is not supported with kv_cache")
             keys = cached + (n if replace_at is None else 0)
-            mask = cached_causal_mask(offset, n, keys, input_ids.device) if causal else None
+            mask = None
+            if causal:
+                mask = cached_causal_mask(offset, n, keys, input_ids.device)
+            elif block is not None:
+                mask = cached_block_mask(offset, n, keys, block, input_ids.device)
+        return self._run(
+            input_ids,
+            cos,
+            sin,
+            mask,
+            kv_cache,
+            replace_at,
+            use_cache,
+            output_hidden_states,
+            return_dict,
+        )
 
+    def _training_layout(self, input_ids, clean_input_ids, attention_mask, kv_cache):
+        """[x_t; x_0] under the block-diffusion mask; hidden states of all 2L positions."""
+        if self.config.objective != "block":
+            raise ValueError("clean_input_ids is for objective 'block'")
+        if kv_cache is not None or (attention_mask is not None and not attention_mask.all()):
+            raise ValueError("clean_input_ids takes neither kv_cache nor padding")
+        b, n = input_ids.shape
+        ids = torch.cat([input_ids, clean_input_ids], dim=1)
+        positions = torch.arange(n, device=ids.device).repeat(2).unsqueeze(0).expand(b, -1)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        mask = block_diffusion_attention_mask(n, self.config.block_size, ids.device)
+        return self._run(ids, cos, sin, mask, None, None, False, False, None)
+
+    def _run(
+        self,
+        input_ids,
+        cos,
+        sin,
+        mask,
+        kv_cache,
+        replace_at,
+        use_cache,
+        output_hidden_states,
+        return_dict,
+    ):
         h = self.embed_tokens(input_ids)
         hidden_states = [] if output_hidden_states else None
         presents = [] if use_cache else None
@@ -333,13 +425,15 @@ class MDMForMaskedLM(MDMPreTrainedModel):
         kv_cache: tuple | list | None = None,
         replace_at: int | None = None,
         use_cache: bool | None = None,
+        clean_input_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         """`labels` [B, L]: plain cross-entropy over positions where labels != -100, with no shift
         (for ARM pass labels already aligned to the next token). This is a convenience for
         fine-tuning tools, not the diffusion loss: that one weights each masked token by 1/t and
         needs the masking ratio, which only the caller knows. The cache arguments are
-        `MDMModel.forward`'s; the logits then cover only `input_ids`' positions."""
+        `MDMModel.forward`'s; the logits then cover only `input_ids`' positions, and with
+        `clean_input_ids` (block objective) only x_t's."""
         body = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -348,8 +442,12 @@ class MDMForMaskedLM(MDMPreTrainedModel):
             kv_cache=kv_cache,
             replace_at=replace_at,
             use_cache=use_cache,
+            clean_input_ids=clean_input_ids,
         )
-        logits = self.lm_head(body.last_hidden_state).float()
+        hidden = body.last_hidden_state
+        if clean_input_ids is not None:
+            hidden = hidden[:, : input_ids.shape[1]]
+        logits = self.lm_head(hidden).float()
         invalid = self.config.invalid_output_ids
         if invalid:
             ids = torch.tensor(invalid, dtype=torch.long, device=logits.device)
