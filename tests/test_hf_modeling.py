@@ -212,7 +212,7 @@ def test_arm_export_runs_in_stock_transformers_llama(tmp_path_factory, single_ra
 
     ckpt = find_checkpoint(models.arm)
     meta = read_meta(ckpt)
-    assert meta["parallel"] == {"tensor": 1, "pipeline": 1}
+    assert (meta["parallel"]["tensor"], meta["parallel"]["pipeline"]) == (1, 1)
     vocab = vocab_from_meta(meta)
     ours = build_model(from_dict(meta["config"]), vocab, on_gpu=False).eval()
     states = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=True)
