@@ -37,6 +37,8 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2",
+            # `make test` runs the suite on two workers, one test file per worker (--dist loadfile).
+            "pytest-xdist>=3",
             "ruff>=0.6",
             # `make lint`: types on config/, diffusion/, convert/layouts.py, inference/;
             # codespell >= 2.3 for inline `codespell:ignore` comments.
