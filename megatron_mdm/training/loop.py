@@ -156,7 +156,9 @@ class Trainer:
 
     def _load_weights(self, model, source) -> None:
         shape = ModelShape.from_config(self.cfg.model, self.vocab)
-        canonical = canonical_weights(source, shape, self.vocab.padded_size)
+        canonical = canonical_weights(
+            source, shape, self.vocab.padded_size, mask_id=self.vocab.mask_id
+        )
         load_weights_into(model, canonical, self.ctx, self.cfg.model.num_layers, str(source))
         self._say(f"loaded weights from {source}")
 
