@@ -211,15 +211,25 @@ def test_bad_folders_are_one_line_errors_and_write_nothing(tmp_path):
     # An ordinary token as [MASK] is refused; a reserved added token or an unused row is not.
     _expect_error(tmp_path, src, "--mask-id", "20", match="is an ordinary token")
     reserved = json.loads((src / "tokenizer.json").read_text())["added_tokens"][3]["id"]
-    convert("import", str(src), str(tmp_path / "ok"), "--format", "llama", "--mask-id", str(reserved))
+    convert(
+        "import", str(src), str(tmp_path / "ok"), "--format", "llama", "--mask-id", str(reserved)
+    )
     # A sharded folder with a shard missing.
     sharded = tmp_path / "sharded"
     shutil.copytree(src, sharded)
     tensors = load_file(str(sharded / "model.safetensors"))
     (sharded / "model.safetensors").unlink()
     names = sorted(tensors)
-    halves = {"model-00001-of-00002.safetensors": names[:5], "model-00002-of-00002.safetensors": names[5:]}
-    save_file({n: tensors[n] for n in halves["model-00001-of-00002.safetensors"]}, str(sharded / "model-00001-of-00002.safetensors"))
+    halves = {
+        "model-00001-of-00002.safetensors": names[:5],
+        "model-00002-of-00002.safetensors": names[5:],
+    }
+    save_file(
+        {n: tensors[n] for n in halves["model-00001-of-00002.safetensors"]},
+        str(sharded / "model-00001-of-00002.safetensors"),
+    )
     weight_map = {n: f for f, ns in halves.items() for n in ns}
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     _expect_error(tmp_path, sharded, match="missing shard")

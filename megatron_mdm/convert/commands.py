@@ -93,7 +93,8 @@ def export(args) -> dict:
             ),
         )
         folder_io.write_json(staging / "config.json", config)
-        folder_io.write_tokenizer(staging, meta["tokenizer"])
+        mask_id = vocab.mask_id if vocab.mask_id < export_shape.n_vocab else None
+        folder_io.write_tokenizer(staging, meta["tokenizer"], mask_id=mask_id)
         folder_io.write_json(
             staging / "generation_config.json",
             {
