@@ -445,8 +445,8 @@ def _import(
             q, k, v = (sd[n.format(i=i)] for n in (names.q, names.k, names.v))
             c[QKV.format(i=i)] = merge_qkv(q, k, v, shape)
         if shape.qkv_bias:
-            biases = (sd[names.bias.format(i=i, p=p)] for p in "qkv")
-            c[QKV_BIAS.format(i=i)] = merge_qkv(*biases, shape)
+            qb, kb, vb = (sd[names.bias.format(i=i, p=p)] for p in "qkv")
+            c[QKV_BIAS.format(i=i)] = merge_qkv(qb, kb, vb, shape)
         c[PROJ.format(i=i)] = sd[names.o.format(i=i)]
         c[MLP_NORM.format(i=i)] = sd[names.mlp_norm.format(i=i)]
         gate, up = sd[names.gate.format(i=i)], sd[names.up.format(i=i)]

@@ -39,7 +39,10 @@ def initialize_parameters(
     for name, param in model.named_parameters():
         gname = sharding.global_name(name, layer_offset)
         dim = sharding.partition_dim(name)
-        set_tensor_model_parallel_attributes(param, dim is not None, -1 if dim is None else dim, 1)
+        if not hasattr(param, "tensor_model_parallel"):  # megatron marks biases itself
+            set_tensor_model_parallel_attributes(
+                param, dim is not None, -1 if dim is None else dim, 1
+            )
         if name.endswith(".bias"):  # the QKV bias (model.qkv_bias)
             param.zero_()
             continue
