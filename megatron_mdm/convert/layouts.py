@@ -46,10 +46,13 @@ Tensors returned by an export never share storage with each other (split pieces 
 the dict can go straight to `safetensors.torch.save_file`; whole tensors may be views of the
 input. Casting is the caller's business.
 
-`meta` for `config_json` (every key optional; `config_meta` builds it from an experiment config):
-tokenizer_size, mask_id, seq_length, rotary_base, norm_epsilon, init_std, objective, block_size
-(objective block), torch_dtype ("float32" | "bfloat16" | ...), bos_token_id, eos_token_id,
-pad_token_id, name.
+`llama` (transformers' Llama / Mistral / Qwen2 causal LMs, docs/design.md §13) has hf's names
+plus Qwen2's `self_attn.{q,k,v}_proj.bias` (canonical `linear_qkv.bias`, grouped like the weight);
+its export keeps the tokenizer's rows only (`Layout.keeps_mask_row`), and its import of a tied
+model (no `lm_head.weight`) copies the embedding into the head.
+
+`meta` for `config_json`: see `layout_configs.py` (`config_meta` builds it from an experiment
+config).
 """
 
 from __future__ import annotations
