@@ -97,6 +97,25 @@ def test_import_matches_transformers_and_exports_back_bit_for_bit(
         assert back[key].dtype == original[key].dtype and torch.equal(back[key], original[key]), key
 
 
+def test_llama3_rope_scaling_matches_transformers(tmp_path, single_rank_world):
+    """megatron-core's Llama 3 RoPE scaling (model.rope_scaling_factor) is transformers'."""
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    hf = make_model("llama", tmp_path / "src", rope_parameters=rope)
+    convert("import", str(tmp_path / "src"), str(tmp_path / "ckpt"), "--format", "llama")
+    x = torch.randint(0, 100, (1, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs = hf(input_ids=x).logits
+    ours, _ = our_logits(tmp_path / "ckpt", x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_llama_export_is_a_stock_causal_lm(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
