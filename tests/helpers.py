@@ -197,3 +197,77 @@ esac
     )
     env.update(extra)
     return env
+
+
+# --- tiny Hugging Face causal LMs (test_causal_import.py, test_causal_init_from.py)
+
+CAUSAL_ROWS = 128  # embedding rows of the tiny models; the tokenizer holds fewer ids (unused rows)
+CAUSAL_SHAPE = dict(
+    vocab_size=CAUSAL_ROWS,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+)
+WORDS = "the old king slept while a red fox ran over the hill and the moon rose".split()
+
+
+def save_causal_tokenizer(folder):
+    """A small BPE built with `tokenizers`, saved by transformers: ~100 ids, EOS, PAD and one
+    reserved added token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<unk>", "<|endoftext|>", "<pad>", "<|reserved_0|>"]
+    trainer = trainers.BpeTrainer(vocab_size=100, special_tokens=specials, show_progress=False)
+    gen = torch.Generator().manual_seed(0)
+    corpus = [
+        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (12,), generator=gen).tolist())
+        for _ in range(200)
+    ]
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|reserved_0|>"],
+    )
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def tiny_causal_lm(kind: str, folder, tied: bool = False, **extra):
+    """A random Llama / Mistral / Qwen2 causal LM (random norms and biases too), saved with its
+    tokenizer by `save_pretrained` into `folder`; returns the transformers model."""
+    import transformers
+
+    classes = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }
+    config_cls, model_cls = classes[kind]
+    tok = save_causal_tokenizer(folder)
+    config = config_cls(
+        **CAUSAL_SHAPE,
+        tie_word_embeddings=tied,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        **extra,
+    )
+    torch.manual_seed(0)
+    model = model_cls(config).eval()
+    with torch.no_grad():  # random norms and biases too, so their mapping is tested
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.1)
+    model.save_pretrained(str(folder))
+    return model

@@ -487,7 +487,7 @@ def test_sections_check_themselves_and_the_experiment_checks_across():
 def test_every_field_has_a_docstring():
     """The string literal under each field (the attribute-docstring convention)."""
     for cls in {type(f.default_factory()) for f in dataclasses.fields(ExperimentConfig)
-                if f.name != "source"} | {ExperimentConfig, config.TokenizerConfig,
+                if f.metadata.get("key", True)} | {ExperimentConfig, config.TokenizerConfig,
                                           config.ChatTemplateConfig}:  # fmt: skip
         body = ast.parse(inspect.getsource(cls)).body[0].body
         for i, node in enumerate(body):

@@ -29,6 +29,8 @@ LAYERS = {
     "megatron_mdm.model": 1,
     "megatron_mdm.kernels": 1,
     "megatron_mdm.convert.layouts": 1,  # a pure name/shape table that checkpointing reads
+    "megatron_mdm.convert.layout_configs": 1,  # layouts' config.json builders
+    "megatron_mdm.convert.causal_lm": 1,  # HF causal LM config.json -> model keys, hub ids
     "megatron_mdm.diffusion": 2,
     "megatron_mdm.data": 3,
     "megatron_mdm.checkpointing": 4,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from megatron_mdm.checkpointing.tokenizer_files import write_auto_tokenizer
 from megatron_mdm.data.tokenizers import build_tokenizer
 from megatron_mdm.utils import MDMError, atomic_directory
 
@@ -86,8 +87,10 @@ def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def write_tokenizer(folder: Path, tokenizer_meta: dict) -> None:
-    """Copy the tokenizer's files and describe it in `mdm_tokenizer.json` for our loaders.
+def write_tokenizer(folder: Path, tokenizer_meta: dict, mask_id: int | None = None) -> None:
+    """Copy the tokenizer's files and describe it in `mdm_tokenizer.json` for our loaders; add
+    what `AutoTokenizer.from_pretrained(folder)` needs (`tokenizer_files.py`; the byte
+    tokenizer's `[MASK]` at `mask_id`).
 
     Contents only (`copyfile`): the copies get the permissions of any new file under the
     caller's umask, not the source's (a 0600 file in someone's cache must not lock colleagues
@@ -103,6 +106,7 @@ def write_tokenizer(folder: Path, tokenizer_meta: dict) -> None:
     elif tokenizer_meta["type"] == "hf" and copied:
         model = "." if Path(tokenizer_meta["model"]).is_dir() else copied[0]
     write_json(folder / TOKENIZER_INFO, {"type": tokenizer_meta["type"], "model": model})
+    write_auto_tokenizer(folder, tok, mask_id)
 
 
 def read_tokenizer(folder: Path) -> dict:

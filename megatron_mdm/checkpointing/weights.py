@@ -1,7 +1,8 @@
 """Load weights (no optimizer) into this rank's model from any source at any TP/PP.
 
-Sources: a training checkpoint (full, or weights-only from `mdm convert import/reshard`) or an
-exported folder in any layout (detected from its tensor names). Used by `train.init_from` and by
+Sources: a training checkpoint (full, or weights-only from `mdm convert import/reshard`), an
+exported folder in any layout (detected from its tensor names) or a Hugging Face causal LM folder
+(Llama / Mistral / Qwen2, detected from config.json's model_type; `causal_import.py`). Used by `train.init_from` and by
 resuming a weights-only checkpoint. Runs before DeepSpeed wraps the model, so it works with every
 ZeRO stage.
 """
@@ -14,7 +15,9 @@ import torch
 
 from megatron_mdm.checkpointing import folder_io
 from megatron_mdm.checkpointing.canonical import CheckpointError, load_canonical, shard_for_rank
+from megatron_mdm.checkpointing.causal_import import causal_canonical
 from megatron_mdm.convert import layouts
+from megatron_mdm.convert.causal_lm import is_causal_lm_folder, read_causal_lm
 
 FORMAT_MARKERS = {
     "llada": "model.transformer.wte.weight",
@@ -30,8 +33,15 @@ def detect_format(tensors: dict) -> str:
     raise CheckpointError(f"unknown layout: none of {sorted(FORMAT_MARKERS.values())} present")
 
 
-def canonical_weights(source: str | Path, shape: layouts.ModelShape, padded_vocab: int) -> dict:
+def canonical_weights(
+    source: str | Path, shape: layouts.ModelShape, padded_vocab: int, mask_id: int | None = None
+) -> dict:
+    """`mask_id`: where a causal LM folder's [MASK] goes (default: a row after its rows)."""
     source = Path(source)
+    if is_causal_lm_folder(source):
+        if mask_id is None:  # our default: a row after the folder's
+            mask_id = read_causal_lm(source).settings["vocab_size"]
+        return causal_canonical(source, shape, padded_vocab, mask_id)
     if (source / "config.json").exists() and not (source / "checkpoints").exists():
         tensors = folder_io.load_safetensors(source)
         fmt = detect_format(tensors)

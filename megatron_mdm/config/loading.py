@@ -21,6 +21,7 @@ def from_dict(d: dict, source: str = "<dict>") -> ExperimentConfig:
         raise ConfigError(f"expected a mapping of sections, got {short(d)}", source=source)
     cfg = build(ExperimentConfig, d, "", source)
     cfg.source = source
+    cfg.explicit = frozenset(_dotted_keys(d))
     cfg.validate()
     return cfg
 
@@ -31,16 +32,30 @@ def load_config(path: str | None, overrides: Iterable[str] = ()) -> ExperimentCo
     data = {} if path is None else read_yaml(source)
     cfg = build(ExperimentConfig, data, "", source)
     cfg.source = source
+    explicit = set(_dotted_keys(data))
     for override in overrides:
         apply_override(cfg, override, source)
+        explicit.add(override.partition("=")[0].strip())
+    cfg.explicit = frozenset(explicit)
     cfg.validate()
     return cfg
+
+
+def _dotted_keys(data: dict, prefix: str = ""):
+    """Every leaf key of a nested mapping, dotted (`model.hidden_size`)."""
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and value:
+            yield from _dotted_keys(value, key + ".")
+        else:
+            yield key
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:
     """Plain nested dict of every setting (no ``source``), ready for YAML or a checkpoint."""
     d = dataclasses.asdict(cfg)
     d.pop("source", None)
+    d.pop("explicit", None)
     return d
 
 

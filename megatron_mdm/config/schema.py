@@ -174,6 +174,11 @@ class ModelConfig:
     transformer_engine: NVIDIA TE layers (GPU, needed for sequence parallelism)."""
     rotary_base: int = 10000
     """RoPE base frequency (theta)."""
+    rope_scaling_factor: float | None = None
+    """Llama 3 RoPE scaling (megatron-core's: low/high frequency factors 1 and 4, original
+    context 8192) with this factor; None: plain RoPE. Set by importing a Llama 3 model."""
+    qkv_bias: bool = False
+    """A bias on the QKV projection (megatron-core add_qkv_bias), as in Qwen2."""
     vocab_size: int | None = None
     """Ids the tokenizer emits; None: taken from the tokenizer at run time."""
     mask_token_id: int | None = None
@@ -217,6 +222,7 @@ class ModelConfig:
             "make_vocab_size_divisible_by",
             "norm_epsilon",
             "init_std",
+            "rope_scaling_factor",
         ):
             positive(fail, f"model.{name}", getattr(self, name))
         finite(fail, "model.norm_epsilon", self.norm_epsilon)
@@ -507,6 +513,9 @@ class ExperimentConfig:
     source: str = field(default="<defaults>", compare=False, metadata={"key": False})
     """Where the config came from, for error messages only: not a YAML key, and two configs
     with the same settings are equal whichever file they were read from."""
+    explicit: frozenset[str] = field(default=frozenset(), compare=False, metadata={"key": False})
+    """Dotted keys the file or an override set (the rest are defaults): what a causal LM given
+    as train.init_from may fill in, and must agree with (checkpointing/causal_import.py)."""
 
     def gradient_accumulation_steps(self, dp: int) -> int:
         """Micro-batches per optimizer step on each data-parallel rank."""

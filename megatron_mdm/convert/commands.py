@@ -1,7 +1,9 @@
 """`mdm convert export | import | reshard`: training checkpoints <-> exported folders.
 
-    export  CKPT_DIR OUT_DIR --format hf|llada|smdm [--dtype bf16|fp32] [--fp32-master]
-    import  SRC_DIR OUT_CKPT_DIR --format hf|llada|smdm --tensor N --pipeline M
+    export  CKPT_DIR OUT_DIR --format hf|llada|smdm|llama [--dtype bf16|fp32] [--fp32-master]
+    import  SRC_DIR OUT_CKPT_DIR --format hf|llada|smdm|llama --tensor N --pipeline M
+            [--mask-id N]  (llama: a Llama/Mistral/Qwen2 folder or hub id; checkpointing/
+            causal_import.py)
     reshard CKPT_DIR OUT_CKPT_DIR --tensor N --pipeline M [--fp32-master] [--weights-only]
 
 Every command works on the canonical (TP=1, PP=1) state dict: read -> canonical -> write.
@@ -10,6 +12,7 @@ Every command works on the canonical (TP=1, PP=1) state dict: read -> canonical 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import time
@@ -25,6 +28,11 @@ from megatron_mdm.checkpointing.canonical import (
     load_canonical,
     write_weights_checkpoint,
 )
+from megatron_mdm.checkpointing.causal_import import (
+    causal_canonical,
+    check_mask_id,
+    load_causal_tokenizer,
+)
 from megatron_mdm.checkpointing.run_dir import (
     CheckpointError,
     find_checkpoint,
@@ -33,6 +41,7 @@ from megatron_mdm.checkpointing.run_dir import (
 )
 from megatron_mdm.config import from_dict, to_dict
 from megatron_mdm.convert import layouts
+from megatron_mdm.convert.causal_lm import read_causal_lm, resolve_source
 from megatron_mdm.data.tokenizers import build_tokenizer
 from megatron_mdm.inference.sampling_config import SamplingConfig, pick_sampler
 from megatron_mdm.model.vocab import VocabLayout
@@ -65,22 +74,27 @@ def export(args) -> dict:
     shape = layouts.ModelShape.from_config(cfg.model, vocab)
     check_canonical_shapes(canonical, shape, vocab.padded_size, str(ckpt))
     layout = layouts.LAYOUTS[args.format]
-    tensors = {k: v.to(DTYPES[args.dtype]) for k, v in layout.export(canonical, shape).items()}
+    dtype = args.dtype or ("fp32" if cfg.train.precision == "fp32" else "bf16")
+    export_shape = shape
+    if not layout.keeps_mask_row:  # a causal LM: the tokenizer's rows only
+        export_shape = dataclasses.replace(shape, n_vocab=vocab.tokenizer_size)
+    tensors = {k: v.to(DTYPES[dtype]) for k, v in layout.export(canonical, export_shape).items()}
     with folder_io.atomic_folder(args.out_dir) as staging:
         with tqdm(total=len(tensors), desc="export", disable=not args.progress) as bar:
             nbytes = folder_io.save_safetensors(staging, tensors, args.max_shard_size, bar)
         tok = meta["tokenizer"]
         config = layout.config_json(
-            shape,
+            export_shape,
             layouts.config_meta(
                 cfg,
                 vocab,
                 eos_token_id=tok["eos_id"],
-                torch_dtype="bfloat16" if args.dtype == "bf16" else "float32",
+                torch_dtype="bfloat16" if dtype == "bf16" else "float32",
             ),
         )
         folder_io.write_json(staging / "config.json", config)
-        folder_io.write_tokenizer(staging, meta["tokenizer"])
+        mask_id = vocab.mask_id if vocab.mask_id < export_shape.n_vocab else None
+        folder_io.write_tokenizer(staging, meta["tokenizer"], mask_id=mask_id)
         folder_io.write_json(
             staging / "generation_config.json",
             {
@@ -92,7 +106,9 @@ def export(args) -> dict:
         )
         for path in layout.code_files:  # only what config.json's auto_map names
             shutil.copyfile(path, staging / path.name)  # the umask's mode, not the source's
-    return _summary("export", len(tensors), nbytes, start, args.out_dir)
+    summary = _summary("export", len(tensors), nbytes, start, args.out_dir)
+    summary["kept"] = f"dtype {dtype}"
+    return summary
 
 
 # config.json key -> model config key, per format (n_vocab and mask id handled separately).
@@ -183,6 +199,12 @@ def _experiment_for_import(fmt: str, src: Path):
 
 
 def import_(args) -> dict:
+    if args.format == "llama":
+        return _import_causal(args)
+    if args.mask_id is not None:
+        raise folder_io.FolderError(
+            "--mask-id: only for --format llama (the other formats carry one)"
+        )
     start = time.perf_counter()
     src = Path(args.src_dir)
     if not src.is_dir():
@@ -206,6 +228,51 @@ def import_(args) -> dict:
         )
     nbytes = sum(t.numel() * t.element_size() for t in canonical.values())
     return _summary("import", len(canonical), nbytes, start, args.out_ckpt_dir)
+
+
+def _import_causal(args) -> dict:
+    """A Llama / Mistral / Qwen2 folder (or hub id) -> a weights-only checkpoint of a causal
+    model (objective arm) with the folder's tokenizer and a [MASK] id (causal_import.py)."""
+    start = time.perf_counter()
+    src = resolve_source(args.src_dir, "import")
+    lm = read_causal_lm(src)
+    tok = load_causal_tokenizer(lm)
+    rows = lm.settings["vocab_size"]
+    mask_id = check_mask_id(args.mask_id, rows, tok, "--mask-id")
+    out = Path(args.out_ckpt_dir).resolve()
+    model = {**lm.settings, "mask_token_id": mask_id, "seq_length": lm.max_positions}
+    tok_section = {"type": "hf", "model": str(out / "tokenizer")}
+    cfg = from_dict(
+        {"model": {**model, "objective": "arm"}, "data": {"tokenizer": tok_section}},
+        source=str(src / "config.json"),
+    )
+    vocab = VocabLayout.build(rows, mask_id, cfg.model.make_vocab_size_divisible_by, 1)
+    shape = layouts.ModelShape.from_config(cfg.model, vocab)
+    canonical = causal_canonical(src, shape, vocab.padded_size, mask_id)
+    check_canonical_shapes(canonical, shape, vocab.padded_size, str(src))
+    meta = {
+        "step": 0,
+        "consumed_samples": 0,
+        "config": to_dict(cfg),
+        "tokenizer": {**tok_section, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id},
+        "vocab": {"tokenizer_size": rows, "mask_id": mask_id, "padded_size": vocab.padded_size},
+    }
+
+    def copy_tokenizer(staging: Path) -> None:
+        (staging / "tokenizer").mkdir()
+        folder_io.write_tokenizer(staging / "tokenizer", {"type": "hf", "model": str(src)})
+
+    with tqdm(total=args.tensor * args.pipeline, desc="import", disable=not args.progress) as bar:
+        write_weights_checkpoint(
+            canonical, meta, out, args.tensor, args.pipeline, bar, populate=copy_tokenizer
+        )
+    nbytes = sum(t.numel() * t.element_size() for t in canonical.values())
+    summary = _summary("import", len(canonical), nbytes, start, args.out_ckpt_dir)
+    notes = [f"{lm.model_type}, [MASK] = {mask_id}" + (" (new row)" if mask_id == rows else "")]
+    if lm.tied:
+        notes.append("tied embeddings untied")
+    summary["kept"] = "; ".join(notes)
+    return summary
 
 
 def _relocated_tokenizer_model(tokenizer: dict, src: Path, out: Path) -> str | None:
@@ -256,13 +323,21 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     ex.add_argument("ckpt_dir", help="an output_dir of `mdm train`, or one checkpoint in it")
     ex.add_argument("out_dir")
     ex.add_argument("--format", choices=sorted(layouts.LAYOUTS), required=True)
-    ex.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ex.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: the training precision"
+    )
     ex.add_argument("--fp32-master", action="store_true", help="weights from ZeRO fp32 shards")
     ex.add_argument("--max-shard-size", default="5GB", help="shard safetensors above this size")
     im = sub.add_parser("import", help="hf / llada / smdm folder -> training checkpoint")
     im.add_argument("src_dir")
     im.add_argument("out_ckpt_dir")
     im.add_argument("--format", choices=sorted(layouts.LAYOUTS), required=True)
+    im.add_argument(
+        "--mask-id",
+        type=int,
+        default=None,
+        help="llama: the [MASK] id, a reserved token or unused row (default: a new row)",
+    )
     rs = sub.add_parser("reshard", help="training checkpoint -> another TP/PP layout")
     rs.add_argument("ckpt_dir")
     rs.add_argument("out_ckpt_dir")

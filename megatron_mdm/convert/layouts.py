@@ -46,10 +46,13 @@ Tensors returned by an export never share storage with each other (split pieces 
 the dict can go straight to `safetensors.torch.save_file`; whole tensors may be views of the
 input. Casting is the caller's business.
 
-`meta` for `config_json` (every key optional; `config_meta` builds it from an experiment config):
-tokenizer_size, mask_id, seq_length, rotary_base, norm_epsilon, init_std, objective, block_size
-(objective block), torch_dtype ("float32" | "bfloat16" | ...), bos_token_id, eos_token_id,
-pad_token_id, name.
+`llama` (transformers' Llama / Mistral / Qwen2 causal LMs, docs/design.md §13) has hf's names
+plus Qwen2's `self_attn.{q,k,v}_proj.bias` (canonical `linear_qkv.bias`, grouped like the weight);
+its export keeps the tokenizer's rows only (`Layout.keeps_mask_row`), and its import of a tied
+model (no `lm_head.weight`) copies the embedding into the head.
+
+`meta` for `config_json`: see `layout_configs.py` (`config_meta` builds it from an experiment
+config).
 """
 
 from __future__ import annotations
@@ -63,8 +66,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from megatron_mdm.convert.hf_modeling import MODELING_FILES
-from megatron_mdm.convert.hf_modeling.configuration_mdm import AUTO_MAP
-from megatron_mdm.utils import MDMError
+from megatron_mdm.convert.layout_configs import (
+    LayoutError,
+    hf_config,
+    llada_config,
+    llama_config,
+    smdm_config,
+)
 
 if TYPE_CHECKING:
     from megatron_mdm.config import ExperimentConfig, ModelConfig
@@ -73,11 +81,8 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
 
-FORMATS = ("hf", "llada", "smdm")
-
-
-class LayoutError(MDMError):
-    """One line naming the tensor at fault, its expected and its found shape."""
+FORMATS = ("hf", "llada", "smdm", "llama")
+__all__ = ["FORMATS", "LAYOUTS", "Layout", "LayoutError", "ModelShape", "hf_config"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class ModelShape:
     num_kv_groups: int
     ffn_size: int
     n_vocab: int  # rows kept on export: tokenizer ids and [MASK], no TP padding
+    qkv_bias: bool = False  # a bias on the QKV projection (Qwen2)
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -116,6 +122,7 @@ class ModelShape:
             num_kv_groups=model.kv_groups,
             ffn_size=model.ffn_size,
             n_vocab=max(vocab.tokenizer_size, vocab.mask_id + 1),
+            qkv_bias=model.qkv_bias,
         )
 
 
@@ -127,6 +134,7 @@ def config_meta(cfg: ExperimentConfig, vocab: VocabLayout, **extra: Any) -> dict
         "mask_id": vocab.mask_id,
         "seq_length": m.seq_length,
         "rotary_base": m.rotary_base,
+        "rope_scaling_factor": m.rope_scaling_factor,
         "norm_epsilon": m.norm_epsilon,
         "init_std": m.init_std,
         "objective": m.objective,
@@ -145,6 +153,7 @@ FINAL_NORM = "decoder.final_layernorm.weight"
 _L = "decoder.layers.{i}."
 INPUT_NORM = _L + "input_layernorm.weight"
 QKV = _L + "self_attention.linear_qkv.weight"
+QKV_BIAS = _L + "self_attention.linear_qkv.bias"
 PROJ = _L + "self_attention.linear_proj.weight"
 MLP_NORM = _L + "pre_mlp_layernorm.weight"
 FC1 = _L + "mlp.linear_fc1.weight"
@@ -201,6 +210,8 @@ def canonical_shapes(shape: ModelShape, padded_vocab: int) -> dict[str, tuple[in
     for i in range(shape.num_layers):
         out[INPUT_NORM.format(i=i)] = (d,)
         out[QKV.format(i=i)] = ((shape.num_heads + 2 * shape.num_kv_groups) * hd, d)
+        if shape.qkv_bias:
+            out[QKV_BIAS.format(i=i)] = ((shape.num_heads + 2 * shape.num_kv_groups) * hd,)
         out[PROJ.format(i=i)] = (d, shape.num_heads * hd)
         out[MLP_NORM.format(i=i)] = (d,)
         out[FC1.format(i=i)] = (2 * shape.ffn_size, d)
@@ -258,18 +269,19 @@ def _own(t: Tensor) -> Tensor:
 def split_qkv(qkv: Tensor, shape: ModelShape) -> tuple[Tensor, Tensor, Tensor]:
     """megatron's grouped `linear_qkv` -> q [heads*hd, d] (by head), k, v [groups*hd, d]."""
     g, qpg, hd = shape.num_kv_groups, shape.heads_per_group, shape.head_dim
-    w = qkv.view(g, qpg + 2, hd, qkv.shape[-1])
-    q = _own(w[:, :qpg]).view(g * qpg * hd, -1)
-    k = _own(w[:, qpg]).view(g * hd, -1)
-    v = _own(w[:, qpg + 1]).view(g * hd, -1)
+    rest = tuple(qkv.shape[1:])  # (d,) for the weight, () for the bias
+    w = qkv.view(g, qpg + 2, hd, *rest)
+    q = _own(w[:, :qpg]).view(g * qpg * hd, *rest)
+    k = _own(w[:, qpg]).view(g * hd, *rest)
+    v = _own(w[:, qpg + 1]).view(g * hd, *rest)
     return q, k, v
 
 
 def merge_qkv(q: Tensor, k: Tensor, v: Tensor, shape: ModelShape) -> Tensor:
     g, qpg, hd = shape.num_kv_groups, shape.heads_per_group, shape.head_dim
-    d = q.shape[-1]
-    parts = [q.reshape(g, qpg * hd, d), k.reshape(g, hd, d), v.reshape(g, hd, d)]
-    return torch.cat(parts, dim=1).reshape(-1, d)
+    rest = tuple(q.shape[1:])
+    parts = [q.reshape(g, qpg * hd, *rest), k.reshape(g, hd, *rest), v.reshape(g, hd, *rest)]
+    return torch.cat(parts, dim=1).reshape(-1, *rest)
 
 
 def _split_fc1(fc1: Tensor) -> tuple[Tensor, Tensor]:
@@ -307,6 +319,14 @@ class _Names:
     k: str = ""
     v: str = ""
     qkv: str = ""
+    bias: str = ""  # "{p}" template of the q/k/v biases (`p` in q, k, v); "" = no QKV bias
+
+    def check_bias(self, fmt: str, shape: ModelShape) -> None:
+        if shape.qkv_bias and not self.bias:
+            raise LayoutError(
+                f"{fmt}: this format has no QKV bias and the model has one (model.qkv_bias); "
+                "export it as llama"
+            )
 
 
 _HF = _Names(
@@ -323,6 +343,9 @@ _HF = _Names(
     up="model.layers.{i}.mlp.up_proj.weight",
     down="model.layers.{i}.mlp.down_proj.weight",
 )
+
+# Llama / Mistral / Qwen2 (transformers' *ForCausalLM): hf's names, plus Qwen2's q/k/v biases.
+_LLAMA = _Names(**{**_HF.__dict__, "bias": "model.layers.{i}.self_attn.{p}_proj.bias"})
 
 _LLADA = _Names(
     embed="model.transformer.wte.weight",
@@ -364,6 +387,10 @@ def _shapes(names: _Names, shape: ModelShape) -> dict[str, tuple[int, ...]]:
             out[names.q.format(i=i)] = (shape.num_heads * hd, d)
             out[names.k.format(i=i)] = (shape.num_kv_groups * hd, d)
             out[names.v.format(i=i)] = (shape.num_kv_groups * hd, d)
+        if shape.qkv_bias and names.bias:
+            out[names.bias.format(i=i, p="q")] = (shape.num_heads * hd,)
+            out[names.bias.format(i=i, p="k")] = (shape.num_kv_groups * hd,)
+            out[names.bias.format(i=i, p="v")] = (shape.num_kv_groups * hd,)
         out[names.o.format(i=i)] = (d, shape.num_heads * hd)
         out[names.mlp_norm.format(i=i)] = (d,)
         out[names.gate.format(i=i)] = (f, d)
@@ -374,7 +401,8 @@ def _shapes(names: _Names, shape: ModelShape) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _export(names: _Names, c: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
+def _export(names: _Names, c: Mapping[str, Tensor], shape: ModelShape, fmt: str) -> StateDict:
+    names.check_bias(fmt, shape)
     _check_canonical(c, shape)
     out = {names.embed: _strip_vocab(c[EMBEDDING], shape)}
     for i in range(shape.num_layers):
@@ -387,6 +415,9 @@ def _export(names: _Names, c: Mapping[str, Tensor], shape: ModelShape) -> StateD
             out[names.q.format(i=i)] = q
             out[names.k.format(i=i)] = k
             out[names.v.format(i=i)] = v
+        if shape.qkv_bias:
+            for p, b in zip("qkv", split_qkv(c[QKV_BIAS.format(i=i)], shape), strict=True):
+                out[names.bias.format(i=i, p=p)] = b
         out[names.o.format(i=i)] = c[PROJ.format(i=i)]
         out[names.mlp_norm.format(i=i)] = c[MLP_NORM.format(i=i)]
         gate, up = _split_fc1(c[FC1.format(i=i)])
@@ -406,6 +437,7 @@ def _import(
             f"{fmt}: padded_vocab {padded_vocab} is smaller than the model vocabulary "
             f"{shape.n_vocab}"
         )
+    names.check_bias(fmt, shape)
     check_state_dict(sd, _shapes(names, shape), f"{fmt} state dict")
     c = {EMBEDDING: _pad_vocab(sd[names.embed], padded_vocab)}
     for i in range(shape.num_layers):
@@ -415,6 +447,9 @@ def _import(
         else:
             q, k, v = (sd[n.format(i=i)] for n in (names.q, names.k, names.v))
             c[QKV.format(i=i)] = merge_qkv(q, k, v, shape)
+        if shape.qkv_bias:
+            qb, kb, vb = (sd[names.bias.format(i=i, p=p)] for p in "qkv")
+            c[QKV_BIAS.format(i=i)] = merge_qkv(qb, kb, vb, shape)
         c[PROJ.format(i=i)] = sd[names.o.format(i=i)]
         c[MLP_NORM.format(i=i)] = sd[names.mlp_norm.format(i=i)]
         gate, up = sd[names.gate.format(i=i)], sd[names.up.format(i=i)]
@@ -426,7 +461,7 @@ def _import(
 
 
 def to_hf(canonical: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
-    return _export(_HF, canonical, shape)
+    return _export(_HF, canonical, shape, "hf")
 
 
 def from_hf(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -> StateDict:
@@ -434,7 +469,7 @@ def from_hf(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -> S
 
 
 def to_llada(canonical: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
-    return _export(_LLADA, canonical, shape)
+    return _export(_LLADA, canonical, shape, "llada")
 
 
 def from_llada(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -> StateDict:
@@ -442,175 +477,23 @@ def from_llada(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -
 
 
 def to_smdm(canonical: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
-    return _export(_SMDM, canonical, shape)
+    return _export(_SMDM, canonical, shape, "smdm")
 
 
 def from_smdm(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -> StateDict:
     return _import(_SMDM, "smdm", sd, shape, padded_vocab)
 
 
-# --------------------------------------------------------------------------- config.json
+def to_llama(canonical: Mapping[str, Tensor], shape: ModelShape) -> StateDict:
+    return _export(_LLAMA, canonical, shape, "llama")
 
 
-def _vocab_ids(shape: ModelShape, meta: Mapping[str, Any]) -> tuple[int, int]:
-    """(tokenizer_size, mask_id); without meta, our default: [MASK] right after the tokenizer."""
-    mask_id = meta.get("mask_id")
-    tokenizer_size = meta.get("tokenizer_size")
-    if tokenizer_size is None:
-        last = mask_id is None or mask_id == shape.n_vocab - 1
-        tokenizer_size = shape.n_vocab - 1 if last else shape.n_vocab
-    if mask_id is None:
-        mask_id = tokenizer_size
-    if max(tokenizer_size, mask_id + 1) != shape.n_vocab:
-        raise LayoutError(
-            f"meta: tokenizer_size {tokenizer_size} and mask_id {mask_id} give "
-            f"{max(tokenizer_size, mask_id + 1)} vocabulary rows, the model has {shape.n_vocab}"
-        )
-    return tokenizer_size, mask_id
-
-
-def _special_ids(meta: Mapping[str, Any]) -> dict[str, int]:
-    keys = ("bos_token_id", "eos_token_id", "pad_token_id")
-    return {k: meta[k] for k in keys if meta.get(k) is not None}
-
-
-def hf_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """`MDMConfig` fields (convert/hf_modeling/configuration_mdm.py), loadable by AutoConfig."""
-
-    tokenizer_size, mask_id = _vocab_ids(shape, meta)
-    invalid = sorted({mask_id, *range(tokenizer_size, shape.n_vocab)})
-    return {
-        "architectures": ["MDMForMaskedLM"],
-        "model_type": "megatron_mdm",
-        "auto_map": dict(AUTO_MAP),
-        "vocab_size": shape.n_vocab,
-        "hidden_size": shape.hidden_size,
-        "intermediate_size": shape.ffn_size,
-        "num_hidden_layers": shape.num_layers,
-        "num_attention_heads": shape.num_heads,
-        "num_key_value_heads": shape.num_kv_groups,
-        "head_dim": shape.head_dim,
-        "max_position_embeddings": meta.get("seq_length", 2048),
-        "rope_theta": float(meta.get("rotary_base", 10000.0)),
-        "rms_norm_eps": meta.get("norm_epsilon", 1e-5),
-        "objective": meta.get("objective", "mdm"),
-        **({"block_size": meta["block_size"]} if meta.get("objective") == "block" else {}),
-        "mask_token_id": mask_id,
-        "invalid_output_ids": invalid,
-        "initializer_range": meta.get("init_std", 0.02),
-        "tie_word_embeddings": False,
-        "torch_dtype": meta.get("torch_dtype", "float32"),
-        **_special_ids(meta),
-    }
-
-
-_LLADA_PRECISION = {"bfloat16": "amp_bf16", "float16": "amp_fp16"}
-
-
-def llada_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """LLaDA-8B's config.json keys (OLMo-derived `LLaDAConfig`) with this model's values.
-
-    Keys kept at LLaDA-8B's values because they describe what this stack also computes: no
-    biases, RMSNorm with affine weight and no bias, rotary on (full precision), no ALiBi, no
-    qk-norm, untied head, "llama" block (separate q/k/v, SwiGLU as ff_proj/up_proj/ff_out).
-    `vocab_size` and `embedding_size` are both the exported row count (padding stripped): LLaDA
-    sizes wte/ff_out by `embedding_size`. `init_*` only matter for training from scratch.
-    No `auto_map`: LLaDA's modeling code (configuration_llada.py, modeling_llada.py) is not
-    ours to ship, and a config must not name files that are not in the folder. To run the export
-    with LLaDA's code, copy those two files from a LLaDA release into the folder and add
-    `"auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel":
-    "modeling_llada.LLaDAModelLM"}` to config.json; `mdm convert import --format llada` and
-    `train.init_from` read the tensors and this config without any modeling code.
-    """
-    if meta.get("objective", "mdm") != "mdm":
-        raise LayoutError("llada: the LLaDA layout holds masked diffusion models only (objective)")
-    _, mask_id = _vocab_ids(shape, meta)
-    dtype = meta.get("torch_dtype", "float32")
-    return {
-        "architectures": ["LLaDAModelLM"],
-        "model_type": "llada",
-        "activation_type": "silu",
-        "alibi": False,
-        "alibi_bias_max": 8.0,
-        "attention_dropout": 0.0,
-        "attention_layer_norm": False,
-        "attention_layer_norm_with_affine": True,
-        "bias_for_layer_norm": False,
-        "block_group_size": 1,
-        "block_type": "llama",
-        "d_model": shape.hidden_size,
-        "embedding_dropout": 0.0,
-        "embedding_size": shape.n_vocab,
-        "flash_attention": False,
-        "include_bias": False,
-        "include_qkv_bias": False,
-        "init_cutoff_factor": None,
-        "init_device": "meta",
-        "init_fn": "mitchell",
-        "init_std": meta.get("init_std", 0.02),
-        "input_emb_norm": False,
-        "layer_norm_type": "rms",
-        "layer_norm_with_affine": True,
-        "mask_token_id": mask_id,
-        "max_sequence_length": meta.get("seq_length", 4096),
-        "mlp_hidden_size": shape.ffn_size,
-        "mlp_ratio": max(1, round(shape.ffn_size / shape.hidden_size)),
-        "multi_query_attention": None,
-        "n_heads": shape.num_heads,
-        "n_kv_heads": shape.num_kv_groups,
-        "n_layers": shape.num_layers,
-        "precision": _LLADA_PRECISION.get(dtype, "fp32"),
-        "residual_dropout": 0.0,
-        "rms_norm_eps": meta.get("norm_epsilon", 1e-5),
-        "rope": True,
-        "rope_full_precision": True,
-        "rope_theta": float(meta.get("rotary_base", 10000.0)),
-        "scale_logits": False,
-        "torch_dtype": dtype,
-        "use_cache": False,
-        "vocab_size": shape.n_vocab,
-        "weight_tying": False,
-        **_special_ids(meta),
-    }
-
-
-def smdm_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Exactly the fields of SMDM's lit-gpt `Config`, so `Config(**json.load(f))` works.
-
-    Block-diffusion models are refused: lit-gpt's MDM attends bidirectionally.
-    lit-gpt sizes wte/lm_head by `padded_vocab_size` (= the exported rows here) and SMDM's
-    scripts take `[MASK]` = `vocab_size`, which holds for our default mask id (right after the
-    tokenizer). Its RoPE base is hard-coded to 10000, so other bases cannot be expressed.
-    """
-    if meta.get("objective", "mdm") == "block":
-        raise LayoutError("smdm: lit-gpt's MDM attends bidirectionally; export a block model as hf")
-    base = float(meta.get("rotary_base", 10000.0))
-    if base != 10000.0:
-        raise LayoutError(
-            f"smdm: lit-gpt's RoPE base is fixed at 10000, this model uses rotary_base {base:g}"
-        )
-    tokenizer_size, _ = _vocab_ids(shape, meta)
-    return {
-        "org": "megatron-mdm",
-        "name": meta.get("name", "megatron-mdm"),
-        "block_size": meta.get("seq_length", 2048),
-        "vocab_size": tokenizer_size,
-        "padding_multiple": 64,
-        "padded_vocab_size": shape.n_vocab,
-        "n_layer": shape.num_layers,
-        "n_head": shape.num_heads,
-        "n_embd": shape.hidden_size,
-        "rotary_percentage": 1.0,
-        "parallel_residual": False,
-        "bias": False,
-        "n_query_groups": shape.num_kv_groups,
-        "shared_attention_norm": False,
-        "_norm_class": "FusedRMSNorm",
-        "norm_eps": meta.get("norm_epsilon", 1e-5),
-        "_mlp_class": "LLaMAMLP",
-        "intermediate_size": shape.ffn_size,
-        "condense_ratio": 1,
-    }
+def from_llama(sd: Mapping[str, Tensor], shape: ModelShape, padded_vocab: int) -> StateDict:
+    """A causal LM's tensors; a tied model (no `lm_head.weight`) gets the embedding as its head
+    (untied: the two train apart from here on)."""
+    if _LLAMA.head not in sd and _LLAMA.embed in sd:
+        sd = {**sd, _LLAMA.head: sd[_LLAMA.embed].clone()}
+    return _import(_LLAMA, "llama", sd, shape, padded_vocab)
 
 
 @dataclass(frozen=True)
@@ -622,12 +505,23 @@ class Layout:
     shapes: Callable[[ModelShape], dict[str, tuple[int, ...]]]  # exported key -> shape
     # Python files the exporter copies next to config.json: exactly those its `auto_map` names.
     code_files: tuple[Path, ...] = ()
+    # False: the export holds the tokenizer's rows only ([MASK] dropped when it is a row past
+    # them): a causal LM never reads or predicts [MASK].
+    keeps_mask_row: bool = True
 
 
 LAYOUTS: dict[str, Layout] = {
     "hf": Layout("hf", to_hf, from_hf, hf_config, lambda s: _shapes(_HF, s), tuple(MODELING_FILES)),
     "llada": Layout("llada", to_llada, from_llada, llada_config, lambda s: _shapes(_LLADA, s)),
     "smdm": Layout("smdm", to_smdm, from_smdm, smdm_config, lambda s: _shapes(_SMDM, s)),
+    "llama": Layout(
+        "llama",
+        to_llama,
+        from_llama,
+        llama_config,
+        lambda s: _shapes(_LLAMA, s),
+        keeps_mask_row=False,
+    ),
 }
 
 

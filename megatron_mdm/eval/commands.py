@@ -19,7 +19,9 @@ from megatron_mdm.utils import MDMError, atomic_write_text
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="training output_dir or checkpoint (any TP/PP)")
-    source.add_argument("--hf", help="folder exported with `mdm convert export --format hf`")
+    source.add_argument(
+        "--hf", help="folder exported with `mdm convert export --format hf`, or its hub id"
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, output_help: str) -> None:
@@ -293,7 +295,11 @@ COMMANDS = {"ppl": _ppl, "likelihood": _likelihood, "genppl": _genppl, "gsm8k": 
 
 
 def run_eval_args(args) -> int:
+    from megatron_mdm.convert.causal_lm import resolve_source
+
     try:
+        if getattr(args, "hf", None):  # a hub id: its snapshot in the local cache
+            args.hf = str(resolve_source(args.hf, "--hf"))
         return COMMANDS[args.eval_command](args)
     except MDMError as exc:
         print(f"mdm eval {args.eval_command}: error: {exc}", file=sys.stderr)

@@ -95,7 +95,9 @@ def sampling_config_from_args(args: argparse.Namespace, **changes) -> SamplingCo
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="training output_dir or checkpoint (any TP/PP)")
-    source.add_argument("--hf", help="folder exported with `mdm convert export --format hf`")
+    source.add_argument(
+        "--hf", help="folder exported with `mdm convert export --format hf`, or its hub id"
+    )
     parser.add_argument("--prompt", help="text to complete (required unless --interactive)")
     parser.add_argument(
         "--interactive",
@@ -173,6 +175,7 @@ def _error(message: str) -> int:
 
 
 def run_generate_args(args: argparse.Namespace) -> int:
+    from megatron_mdm.convert.causal_lm import resolve_source
     from megatron_mdm.inference.generate import complete
     from megatron_mdm.inference.loading import load_model
     from megatron_mdm.inference.sampling_config import pick_sampler
@@ -183,6 +186,8 @@ def run_generate_args(args: argparse.Namespace) -> int:
         return _error(f"--num-samples must be positive, not {args.num_samples}")
     try:
         config = sampling_config_from_args(args)
+        if args.hf:  # a hub id: its snapshot in the local cache
+            args.hf = str(resolve_source(args.hf, "--hf"))
         model = load_model(args.ckpt, args.hf)
         config = config.replace(sampler=pick_sampler(config.sampler, model.objective))
         if args.interactive:

@@ -60,6 +60,7 @@ def transformer_config(cfg: ExperimentConfig, on_gpu: bool) -> TransformerConfig
         ffn_hidden_size=m.ffn_size,
         kv_channels=m.hidden_size // m.num_attention_heads,
         add_bias_linear=False,
+        add_qkv_bias=m.qkv_bias,
         gated_linear_unit=True,
         activation_func=F.silu,
         normalization="RMSNorm",
@@ -114,6 +115,8 @@ def build_model(cfg: ExperimentConfig, vocab: VocabLayout, on_gpu: bool) -> Mask
         share_embeddings_and_output_weights=False,
         position_embedding_type="rope",
         rotary_base=cfg.model.rotary_base,
+        rope_scaling=cfg.model.rope_scaling_factor is not None,
+        rope_scaling_factor=cfg.model.rope_scaling_factor or 8.0,
         parallel_output=True,
     )
     layers_per_stage = cfg.model.num_layers // cfg.parallel.pipeline

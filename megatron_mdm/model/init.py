@@ -28,7 +28,8 @@ def initialize_parameters(
     tp_size: int,
     layer_offset: int,
 ) -> None:
-    """Normal(0, std) weights (output projections scaled by 1/sqrt(2 * layers)), unit norms.
+    """Normal(0, std) weights (output projections scaled by 1/sqrt(2 * layers)), unit norms,
+    zero biases.
 
     Also marks tensor-parallel parameters (megatron-core only does so inside its own init, which
     we skip): DeepSpeed's and megatron's grad-norm code count replicated parameters once by it.
@@ -38,7 +39,13 @@ def initialize_parameters(
     for name, param in model.named_parameters():
         gname = sharding.global_name(name, layer_offset)
         dim = sharding.partition_dim(name)
-        set_tensor_model_parallel_attributes(param, dim is not None, -1 if dim is None else dim, 1)
+        if not hasattr(param, "tensor_model_parallel"):  # megatron marks biases itself
+            set_tensor_model_parallel_attributes(
+                param, dim is not None, -1 if dim is None else dim, 1
+            )
+        if name.endswith(".bias"):  # the QKV bias (model.qkv_bias)
+            param.zero_()
+            continue
         if param.dim() == 1:
             param.fill_(1.0)
             continue

@@ -1,8 +1,8 @@
 """How full (TP=1) tensors map onto tensor-parallel shards, by parameter name.
 
 One place knows the layouts, so initialisation, checkpoint conversion and resharding agree:
-- column-parallel weights (embedding, output layer, QKV) split contiguously along dim 0: QKV is
-  laid out per query group `[q_g, k_g, v_g]` and TP splits whole groups;
+- column-parallel weights (embedding, output layer, QKV and its bias) split contiguously along
+  dim 0: QKV is laid out per query group `[q_g, k_g, v_g]` and TP splits whole groups;
 - the SwiGLU `linear_fc1` holds `[gate; up]`, and each rank holds its own `[gate_r; up_r]`;
 - row-parallel weights (`linear_proj`, `linear_fc2`) split contiguously along dim 1;
 - norms are replicated.
@@ -14,7 +14,7 @@ import re
 
 import torch
 
-_COLUMN = ("word_embeddings.weight", "output_layer.weight", "linear_qkv.weight")
+_COLUMN = ("word_embeddings.weight", "output_layer.weight", "linear_qkv.weight", "linear_qkv.bias")
 _ROW = ("linear_proj.weight", "linear_fc2.weight")
 _GATED = ("linear_fc1.weight",)
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")

@@ -19,6 +19,7 @@ import torch
 from megatron_mdm.checkpointing import deepspeed_io, run_dir
 from megatron_mdm.checkpointing.adam_state import load_adam_state
 from megatron_mdm.checkpointing.canonical import shard_for_rank
+from megatron_mdm.checkpointing.causal_import import resolve_init_from
 from megatron_mdm.checkpointing.weights import canonical_weights, load_weights_into
 from megatron_mdm.config import ConfigError, ExperimentConfig
 from megatron_mdm.convert.layouts import ModelShape
@@ -156,7 +157,9 @@ class Trainer:
 
     def _load_weights(self, model, source) -> None:
         shape = ModelShape.from_config(self.cfg.model, self.vocab)
-        canonical = canonical_weights(source, shape, self.vocab.padded_size)
+        canonical = canonical_weights(
+            source, shape, self.vocab.padded_size, mask_id=self.vocab.mask_id
+        )
         load_weights_into(model, canonical, self.ctx, self.cfg.model.num_layers, str(source))
         self._say(f"loaded weights from {source}")
 
@@ -433,6 +436,7 @@ def _output_lock(cfg: ExperimentConfig, ctx: ParallelContext):
 def run_training(cfg: ExperimentConfig, stop: PreemptionWatcher | None = None) -> None:
     """`mdm train`: ``stop`` is the command's armed signal watcher (a fresh one, armed here,
     when called from Python)."""
+    cfg = resolve_init_from(cfg)  # a hub id or causal LM folder (checkpointing/causal_import.py)
     with contextlib.ExitStack() as stack:
         if stop is None:
             stop = stack.enter_context(PreemptionWatcher())

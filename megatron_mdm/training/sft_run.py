@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_mdm.checkpointing.causal_import import resolve_init_from
 from megatron_mdm.checkpointing.run_dir import CheckpointError
 from megatron_mdm.config import ConfigError, ExperimentConfig, validate
 from megatron_mdm.data.sft import (
@@ -135,6 +136,7 @@ def sft_run_length(cfg: ExperimentConfig, num_train: int) -> ExperimentConfig:
 
 def run_sft(cfg: ExperimentConfig, stop: PreemptionWatcher) -> None:
     """`mdm sft`; ``stop``: the command's armed signal watcher."""
+    cfg = resolve_init_from(cfg)  # a hub id or causal LM folder (checkpointing/causal_import.py)
     check_sft_inputs(cfg)
     check_transformer_impl(cfg)
     tokenizer = build_tokenizer(cfg.data.tokenizer.type, cfg.data.tokenizer.model)
