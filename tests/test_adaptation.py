@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_MODEL, tiny_config, tiny_model
+from helpers import ROOT, TINY_MODEL, run_cli, tiny_config, tiny_model
 
 from megatron_mdm.config import ConfigError, load_config
 from megatron_mdm.data.batches import build_micro_batch
@@ -219,3 +219,57 @@ def test_anneal_config_errors():
         _cfg("diffusion.attention_anneal_steps=-1")
     with pytest.raises(ConfigError, match="diffusion.attention_anneal_steps"):
         _cfg("model.objective=arm", "diffusion.attention_anneal_steps=5")
+
+
+# --------------------------------------------------------------------------- recipes
+
+# The shapes `train.init_from` fills in from the base model's config.json (§13.1).
+SHAPES = {
+    "qwen2-0.5b-dream.yaml": [
+        "model.num_layers=24",
+        "model.hidden_size=896",
+        "model.num_attention_heads=14",
+        "model.num_query_groups=2",
+        "model.ffn_hidden_size=4864",
+        "model.vocab_size=151936",
+        "model.rotary_base=1000000",
+        "model.norm_epsilon=1e-6",
+    ],
+    "llama3-8b-diffullama.yaml": [
+        "model.num_layers=32",
+        "model.hidden_size=4096",
+        "model.num_attention_heads=32",
+        "model.num_query_groups=8",
+        "model.ffn_hidden_size=14336",
+        "model.vocab_size=128256",
+        "model.rotary_base=500000",
+        "model.norm_epsilon=1e-5",
+    ],
+}
+ADAPT_DIR = ROOT / "configs" / "adapt"
+
+
+def test_every_adaptation_template_has_a_shape_here():
+    assert sorted(p.name for p in ADAPT_DIR.glob("*.yaml")) == sorted(SHAPES)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_adaptation_templates_load_with_the_base_model_shape(name):
+    from megatron_mdm.config import check_world_size
+
+    path = ADAPT_DIR / name
+    text = path.read_text()
+    for key in ("num_layers", "hidden_size", "vocab_size", "tokenizer"):
+        assert f"{key}:" not in text  # left to train.init_from
+    cfg = load_config(str(path), SHAPES[name])
+    assert cfg.model.objective == "mdm" and cfg.diffusion.shift
+    assert cfg.train.init_from and check_world_size(cfg, 8) >= 1
+    if "diffullama" in name:
+        assert cfg.diffusion.attention_anneal_steps > 0
+
+
+def test_config_show_reads_an_adaptation_template():
+    name = "llama3-8b-diffullama.yaml"
+    proc = run_cli("config", "show", str(ADAPT_DIR / name), *SHAPES[name])
+    assert proc.returncode == 0, proc.stderr
+    assert "attention_anneal_steps: 1000" in proc.stdout and "shift: true" in proc.stdout
