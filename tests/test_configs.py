@@ -45,7 +45,9 @@ def test_every_config_loads_and_validates(path):
         # Every cluster config is laid out for one 8-GPU node (and so for any number of them).
         assert check_world_size(cfg, 8) >= 1
         assert cfg.train.precision == "bf16"
-        assert cfg.model.vocab_size is not None  # so `config show` counts exactly, no tokenizer
+        # so `config show` counts exactly, no tokenizer; adaptation templates take the vocabulary
+        # from train.init_from (tests/test_adaptation.py loads them with a shape)
+        assert cfg.model.vocab_size is not None or path.parent.name == "adapt"
 
 
 def test_generated_family_configs_are_up_to_date():

@@ -11,7 +11,14 @@ from megatron_mdm.config.checks import ConfigError, Fail
 if TYPE_CHECKING:
     from megatron_mdm.config.schema import ExperimentConfig
 
-__all__ = ["check_block", "check_fp8", "check_layout", "check_sampling", "check_world_size"]
+__all__ = [
+    "check_adaptation",
+    "check_block",
+    "check_fp8",
+    "check_layout",
+    "check_sampling",
+    "check_world_size",
+]
 
 
 def check_layout(cfg: ExperimentConfig, fail: Fail) -> None:
@@ -61,6 +68,22 @@ def check_block(cfg: ExperimentConfig, fail: Fail) -> None:
             "diffusion.block_size_schedule",
             f"ends at block size {d.block_size_schedule[-1][1]}, but diffusion.block_size = "
             f"{d.block_size} (the block size the model is sampled with)",
+        )
+
+
+def check_adaptation(cfg: ExperimentConfig, fail: Fail) -> None:
+    """AR-to-MDM recipes (docs/design.md §13.4-13.5) act on the bidirectional MDM only: an ARM
+    already predicts the next token under a causal mask, and block diffusion has its own mask and
+    its own [x_t; x_0] layout."""
+    d, objective = cfg.diffusion, cfg.model.objective
+    if objective == "mdm":
+        return
+    if d.shift:
+        fail("diffusion.shift", f"only used by model.objective=mdm (this is {objective})")
+    if d.attention_anneal_steps:
+        fail(
+            "diffusion.attention_anneal_steps",
+            f"only used by model.objective=mdm (this is {objective})",
         )
 
 

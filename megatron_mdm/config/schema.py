@@ -43,7 +43,13 @@ from megatron_mdm.config.choices import (
     ZeroStage,
 )
 from megatron_mdm.config.coerce import check_types
-from megatron_mdm.config.rules import check_block, check_fp8, check_layout, check_sampling
+from megatron_mdm.config.rules import (
+    check_adaptation,
+    check_block,
+    check_fp8,
+    check_layout,
+    check_sampling,
+)
 from megatron_mdm.config.sft_schema import ChatTemplateConfig, SFTConfig
 
 __all__ = [
@@ -274,6 +280,22 @@ class DiffusionConfig:
     """model.objective=block: training B by step, [[step, B], ...] piecewise constant from step 0
     (LLaDA2.0's warmup-stable-decay); ends at diffusion.block_size. None: block_size throughout."""
 
+    shift: bool = False
+    """Dream's shifted prediction: the output at position i predicts token i + 1, so a causal
+    LM's head is reused unchanged; position i's logits are the output at i - 1, position 0's the
+    output at 0 (docs/design.md §13.4). model.objective=mdm only."""
+    attention_anneal_steps: int = 0
+    """DiffuLLaMA's attention annealing: over the first N training steps the attention moves
+    from causal to bidirectional, query i seeing keys j <= i + floor((L - 1) * step / N)
+    (docs/design.md §13.5). 0: bidirectional from the start. model.objective=mdm only."""
+
+    def lookahead_at(self, step: int, seq_length: int) -> int | None:
+        """Keys past the query that step `step` may attend to (annealing); None: all of them."""
+        n = self.attention_anneal_steps
+        if n <= 0 or step >= n:
+            return None
+        return (seq_length - 1) * max(step, 0) // n
+
     def block_size_at(self, step: int) -> int | None:
         """The training block size at `step` (a pure function of the step: exact on resume)."""
         sizes = [b for start, b in self.block_size_schedule or () if start <= step]
@@ -286,6 +308,7 @@ class DiffusionConfig:
         within(fail, "diffusion.var_len_prob", self.var_len_prob, closed=True)
         positive(fail, "diffusion.block_size", self.block_size)
         step_schedule(fail, "diffusion.block_size_schedule", self.block_size_schedule)
+        non_negative(fail, "diffusion.attention_anneal_steps", self.attention_anneal_steps)
 
 
 @dataclass
@@ -550,6 +573,7 @@ class ExperimentConfig:
             check(self._fail)
         check_layout(self, self._fail)
         check_block(self, self._fail)
+        check_adaptation(self, self._fail)
         check_sampling(self, self._fail)
         if self.train.precision == "fp8":
             check_fp8(self, self._fail)

@@ -66,6 +66,7 @@ def hf_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
         "rms_norm_eps": meta.get("norm_epsilon", 1e-5),
         "objective": meta.get("objective", "mdm"),
         **({"block_size": meta["block_size"]} if meta.get("objective") == "block" else {}),
+        **({"shift": True} if meta.get("shift") else {}),
         "mask_token_id": mask_id,
         "invalid_output_ids": invalid,
         "initializer_range": meta.get("init_std", 0.02),
@@ -76,6 +77,11 @@ def hf_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _LLADA_PRECISION = {"bfloat16": "amp_bf16", "float16": "amp_fp16"}
+
+
+def _unshifted(fmt: str, meta: Mapping[str, Any]) -> None:
+    if meta.get("shift"):
+        raise LayoutError(f"{fmt}: no shifted prediction (diffusion.shift) there; export as hf")
 
 
 def llada_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,6 +101,7 @@ def llada_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
     """
     if meta.get("objective", "mdm") != "mdm":
         raise LayoutError("llada: the LLaDA layout holds masked diffusion models only (objective)")
+    _unshifted("llada", meta)
     _, mask_id = _vocab_ids(shape, meta)
     dtype = meta.get("torch_dtype", "float32")
     return {
@@ -155,6 +162,7 @@ def smdm_config(shape: ModelShape, meta: Mapping[str, Any]) -> dict[str, Any]:
     """
     if meta.get("objective", "mdm") == "block":
         raise LayoutError("smdm: lit-gpt's MDM attends bidirectionally; export a block model as hf")
+    _unshifted("smdm", meta)
     base = float(meta.get("rotary_base", 10000.0))
     if base != 10000.0:
         raise LayoutError(

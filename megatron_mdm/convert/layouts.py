@@ -139,6 +139,7 @@ def config_meta(cfg: ExperimentConfig, vocab: VocabLayout, **extra: Any) -> dict
         "init_std": m.init_std,
         "objective": m.objective,
         "block_size": cfg.diffusion.block_size,
+        "shift": cfg.diffusion.shift,
         "torch_dtype": "float32" if cfg.train.precision == "fp32" else "bfloat16",
     }
     meta.update(extra)

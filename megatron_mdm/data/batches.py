@@ -26,6 +26,7 @@ class MicroBatch:
     masked: torch.Tensor | None  # [b, L'] bool, MDM and block only
     p_mask: torch.Tensor | None  # [b] (MDM) or [b, L'] per token (block)
     block_size: int | None = None  # block objective: the block size of this step (schedule)
+    lookahead: int | None = None  # MDM under attention annealing: this step's look-ahead
 
     def to(self, device) -> MicroBatch:
         def move(t):
@@ -37,6 +38,7 @@ class MicroBatch:
             move(self.masked),
             move(self.p_mask),
             self.block_size,
+            self.lookahead,
         )
 
     @property
@@ -44,7 +46,10 @@ class MicroBatch:
         return self.inputs.numel()
 
     def model_kwargs(self) -> dict:
-        """Extra model inputs: block diffusion runs x_0 beside x_t (docs/design.md §11)."""
+        """Extra model inputs: block diffusion runs x_0 beside x_t (docs/design.md §11); an
+        annealing step its look-ahead (§13.5)."""
+        if self.lookahead is not None:
+            return {"lookahead": self.lookahead}
         if self.block_size is None:
             return {}
         return {"clean_input_ids": self.targets, "block_size": self.block_size}
@@ -95,7 +100,8 @@ def build_micro_batch(
 
     `source` is anything with `sample(index) -> array`; `var_len_prob` overrides the config
     (evaluation uses full lengths). Block diffusion trains at the block size of step `key`
-    (`diffusion.block_size_schedule`); validation keys use `diffusion.block_size`."""
+    (`diffusion.block_size_schedule`); validation keys use `diffusion.block_size`. Attention
+    annealing gives training step `key` its look-ahead; validation runs bidirectional."""
     gbs, seq = cfg.train.global_batch_size, cfg.model.seq_length
     samples = torch.stack([torch.from_numpy(source.sample(first_index + p)) for p in positions])
     if cfg.model.objective == "arm":
@@ -122,4 +128,5 @@ def build_micro_batch(
         )
         return MicroBatch(mb.xt, mb.x0, mb.masked, mb.p_mask, size)
     mb = forward_mask(x0, cfg.train.seed, key, positions, gbs, mask_id, d.eps, d.t_sampling)
-    return MicroBatch(mb.xt, mb.x0, mb.masked, mb.p_mask)
+    lookahead = d.lookahead_at(key, seq) if isinstance(key, int) else None
+    return MicroBatch(mb.xt, mb.x0, mb.masked, mb.p_mask, lookahead=lookahead)

@@ -21,6 +21,11 @@ With `cache="none"` and `threshold=None` every step is exactly a LLaDA step (sam
 same random draws), so the two samplers give the same tokens. The cached modes need the model's
 cache interface (`cached_model`, called like the shipped `MDMForMaskedLM`:
 `cached_model(input_ids=..., kv_cache=..., replace_at=..., use_cache=True)`).
+
+A model with shifted prediction (`cached_model.config.shift`, docs/design.md §13.4) takes the
+logits of position i from its output at i - 1, which a call starting at the block does not
+compute: its cached calls then start one position before the block (that position is finished,
+never revealed again), so the block's logits are the shifted ones.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class BlockLogits:
         self.cached_model, self.cache = cached_model, cache
         self.prompt_index, self.cfg, self.mask_id = prompt_index, cfg, mask_id
         self.start, self.end = start, end
+        shift = getattr(getattr(cached_model, "config", None), "shift", False)
+        self.lo = max(start - 1, 0) if shift else start  # first position a cached call runs
         self.kv = None
         self.calls = 0
         self.positions = 0  # positions run through the model, summed over calls
@@ -65,18 +72,19 @@ class BlockLogits:
         if step == 0:  # the whole sequence once; keep the keys/values this mode reuses
             self.positions += x.shape[1]
             out = self.cached_model(input_ids=inputs, use_cache=True)
-            keep = self.start if self.cache == "prefix" else x.shape[1]
+            keep = self.lo if self.cache == "prefix" else x.shape[1]
             self.kv = tuple((k[:, :, :keep], v[:, :, :keep]) for k, v in out.kv_cache)
             return 0, self._guided(out.logits)
+        lo = self.lo
         if self.cache == "prefix":  # block and suffix, after the cached prefix
-            self.positions += x.shape[1] - self.start
-            out = self.cached_model(input_ids=inputs[:, self.start :], kv_cache=self.kv)
+            self.positions += x.shape[1] - lo
+            out = self.cached_model(input_ids=inputs[:, lo:], kv_cache=self.kv)
         else:  # dual: the block only, between the cached prefix and suffix
-            self.positions += self.end - self.start
+            self.positions += self.end - lo
             out = self.cached_model(
-                input_ids=inputs[:, self.start : self.end], kv_cache=self.kv, replace_at=self.start
+                input_ids=inputs[:, lo : self.end], kv_cache=self.kv, replace_at=lo
             )
-        return self.start, self._guided(out.logits)
+        return lo, self._guided(out.logits)
 
 
 @torch.no_grad()

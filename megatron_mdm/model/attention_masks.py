@@ -9,6 +9,9 @@ defined, both from a token's block index `k(p) = p div B`:
 - `block_causal_mask(S, B)`: one copy of S tokens, block k sees blocks <= k: what inference runs
   (finished blocks clean, the current block noisy), and for B = 1 the causal mask.
 
+- `lookahead_mask(S, d)`: attention annealing (§13.5): query i sees keys j <= i + d; d = 0 is
+  the causal mask, d >= S - 1 the bidirectional one.
+
 The builders are `lru_cache`d by (length, block size, device), so a training run builds each
 mask once, not per step. Core attention needs the mask in other forms (SDPA: True = attend;
 flex_attention: a `BlockMask`); `attend_view` and `flex_block_mask` derive those once per mask
@@ -62,6 +65,22 @@ def block_diffusion_mask(length: int, block_size: int, device) -> torch.Tensor:
 def block_causal_mask(length: int, block_size: int, device) -> torch.Tensor:
     """[1, 1, S, S] megatron mask (True = masked out) of one block-causal copy."""
     return _cached("causal", length, block_size, str(device))
+
+
+def lookahead_allowed(length: int, lookahead: int, device=None) -> torch.Tensor:
+    """[S, S] bool, True = attend: query i sees keys j <= i + lookahead (§13.5)."""
+    pos = torch.arange(length, device=device)
+    return pos[None, :] <= pos[:, None] + lookahead
+
+
+@functools.lru_cache(maxsize=2)  # the look-ahead changes step to step: keep the current one
+def _cached_lookahead(length: int, lookahead: int, device: str) -> torch.Tensor:
+    return (~lookahead_allowed(length, lookahead, torch.device(device)))[None, None].contiguous()
+
+
+def lookahead_mask(length: int, lookahead: int, device) -> torch.Tensor:
+    """[1, 1, S, S] megatron mask (True = masked out) of an annealing step's look-ahead."""
+    return _cached_lookahead(length, lookahead, str(device))
 
 
 def _derive(mask: torch.Tensor, form: str, make):

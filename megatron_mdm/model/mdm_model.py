@@ -12,6 +12,12 @@ Block diffusion (`objective="block"`, docs/design.md §11) passes a block mask a
   own block size.
 The 2L sequence is what flows between pipeline stages; every stage rebuilds the mask from the
 micro-batch (the masks are cached per shape, `model.attention_masks`).
+
+Adaptation from a causal LM (docs/design.md §13.4-13.5), MDM objective:
+- `shift`: the output at position i predicts token i + 1 (a causal LM's head, reused): the logits
+  of position i are the output at i - 1, those of position 0 the output at 0 (`shift_logits`);
+- `model(x, lookahead=d)` (attention annealing, training only): query i attends to keys
+  j <= i + d; without it attention is bidirectional (what sampling and evaluation run).
 """
 
 from __future__ import annotations
@@ -20,18 +26,35 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 
-from megatron_mdm.model.attention_masks import block_causal_mask, block_diffusion_mask
+from megatron_mdm.model.attention_masks import (
+    block_causal_mask,
+    block_diffusion_mask,
+    lookahead_mask,
+)
 from megatron_mdm.model.vocab import VocabLayout
+
+
+def shift_logits(logits: torch.Tensor) -> torch.Tensor:
+    """[B, L, V] outputs -> logits of each position: position i takes output i - 1 (i >= 1),
+    position 0 output 0; the last output (a prediction past the sequence) is dropped."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
 class MaskedDiffusionLM(GPTModel):
     def __init__(
-        self, *args, vocab: VocabLayout, objective: str, block_size: int | None = None, **kwargs
+        self,
+        *args,
+        vocab: VocabLayout,
+        objective: str,
+        block_size: int | None = None,
+        shift: bool = False,
+        **kwargs,
     ):
         super().__init__(*args, vocab_size=vocab.padded_size, **kwargs)
         self.vocab = vocab
         self.objective = objective
         self.block_size = block_size
+        self.shift = shift
         self._noisy_length = None  # set while a [x_t; x_0] forward runs: L of the x_t half
         if self.post_process:
             self.register_buffer("logit_bias", self._local_logit_bias(vocab), persistent=False)
@@ -55,12 +78,14 @@ class MaskedDiffusionLM(GPTModel):
         attention_mask=None,
         clean_input_ids=None,
         block_size: int | None = None,
+        lookahead: int | None = None,
         **kwargs,
     ):
         """Logits [batch, seq, local vocab] on the last stage, hidden states elsewhere.
 
         `clean_input_ids` [batch, L] (block objective, training): x_0 beside `input_ids` = x_t;
-        the logits then cover x_t only. `block_size` overrides the model's (a schedule)."""
+        the logits then cover x_t only. `block_size` overrides the model's (a schedule).
+        `lookahead` (MDM, attention annealing): keys past the query each query may see."""
         noisy_length = None
         if self.objective == "block":
             size = block_size or self.block_size
@@ -72,6 +97,10 @@ class MaskedDiffusionLM(GPTModel):
                 attention_mask = block_causal_mask(input_ids.shape[1], size, input_ids.device)
         elif clean_input_ids is not None:
             raise ValueError(f"clean_input_ids is for the block objective, not {self.objective}")
+        if lookahead is not None:
+            if self.objective != "mdm":
+                raise ValueError(f"lookahead is for the mdm objective, not {self.objective}")
+            attention_mask = lookahead_mask(input_ids.shape[1], lookahead, input_ids.device)
         if position_ids is None:
             seq = input_ids.shape[1]
             position_ids = torch.arange(seq, device=input_ids.device).unsqueeze(0)
@@ -85,6 +114,8 @@ class MaskedDiffusionLM(GPTModel):
             return out
         if noisy_length is not None:
             out = out[:, :noisy_length]  # a no-op unless sequence parallelism kept x_0's logits
+        if self.shift:
+            out = shift_logits(out)
         return out + self.logit_bias.to(out.dtype)
 
     def _preprocess(self, *args, **kwargs):

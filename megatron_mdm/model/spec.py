@@ -3,7 +3,9 @@
 Both implementations (local torch, Transformer Engine) use megatron-core's stock GPT specs; we only
 choose the attention mask type: `no_mask` for the bidirectional MDM, `causal` for the ARM baseline,
 `arbitrary` for block diffusion, whose block mask the model passes at every forward (built once
-per shape; core attention: `SDPAttention` locally, `TEArbitraryMaskAttention` with TE).
+per shape; core attention: `SDPAttention` locally, `TEArbitraryMaskAttention` with TE), and for
+an MDM under attention annealing (docs/design.md §13.5: a look-ahead mask while it lasts, no mask,
+i.e. bidirectional, after).
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ def check_transformer_impl(cfg: ExperimentConfig) -> None:
         raise TransformerEngineMissing(TE_MISSING, source=cfg.source, key="model.transformer_impl")
 
 
-def attention_mask_type(objective: str):
+def attention_mask_type(objective: str, arbitrary_mask: bool = False):
     from megatron.core.transformer.enums import AttnMaskType
 
-    if objective == "block":
+    if objective == "block" or arbitrary_mask:
         return AttnMaskType.arbitrary
     return AttnMaskType.causal if objective == "arm" else AttnMaskType.no_mask
 
@@ -63,9 +65,11 @@ def layer_spec(
     objective: str,
     attention_backend: str = "sdpa",
     fp8_grad_format: str | None = None,
+    arbitrary_mask: bool = False,
 ):
     """`fp8_grad_format` (local spec only): use the FP8 linear layers with that gradient format;
-    Transformer Engine's FP8 is switched on through TransformerConfig instead (builder.py)."""
+    Transformer Engine's FP8 is switched on through TransformerConfig instead (builder.py).
+    `arbitrary_mask`: the model passes its own masks (attention annealing)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     if transformer_impl == "transformer_engine":
@@ -78,9 +82,12 @@ def layer_spec(
     attention = spec.submodules.self_attention.submodules
     if transformer_impl == "local" and attention_backend == "sdpa":
         attention.core_attention = SDPAttention
-    if transformer_impl == "transformer_engine" and objective == "block":
+    arbitrary = objective == "block" or arbitrary_mask
+    if transformer_impl == "transformer_engine" and arbitrary:
         attention.core_attention = te_arbitrary_mask_attention()
     if transformer_impl == "local" and fp8_grad_format is not None:
         use_fp8_linears(spec, fp8_grad_format)
-    spec.submodules.self_attention.params["attn_mask_type"] = attention_mask_type(objective)
+    spec.submodules.self_attention.params["attn_mask_type"] = attention_mask_type(
+        objective, arbitrary_mask
+    )
     return spec

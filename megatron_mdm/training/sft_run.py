@@ -66,6 +66,13 @@ def check_sft_inputs(cfg: ExperimentConfig) -> None:
         raise _fail(
             cfg, "model.objective", "mdm sft does not train block diffusion yet (mdm or arm)"
         )
+    if cfg.diffusion.attention_anneal_steps:
+        raise _fail(
+            cfg,
+            "diffusion.attention_anneal_steps",
+            "mdm sft does not anneal attention (an adaptation step of pretraining, "
+            "docs/design.md §13.5): set it to 0",
+        )
     if not s.data_files:
         raise _fail(cfg, "sft.data", "required by mdm sft (a file or a list of files)")
     for key, files in (("sft.data", s.data_files), ("sft.valid_data", s.valid_files)):

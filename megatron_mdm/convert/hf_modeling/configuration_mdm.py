@@ -23,7 +23,9 @@ class MDMConfig(PretrainedConfig):
     `vocab_size` is the number of embedding rows: the tokenizer vocabulary plus the `[MASK]` id,
     without megatron's tensor-parallel padding (the exporter drops those rows). `invalid_output_ids`
     are the ids the model must never predict; their logits are -inf so that sampling and likelihood
-    code can softmax the logits as they are. `auto_map` defaults to this folder's two modeling
+    code can softmax the logits as they are. `shift` (Dream, objective "mdm"): the output at
+    position i predicts token i + 1, so the logits of position i are the output at i - 1 and
+    those of position 0 the output at 0. `auto_map` defaults to this folder's two modeling
     files so that `config.json` written by `save_pretrained` is loadable with the Auto classes.
     """
 
@@ -43,6 +45,7 @@ class MDMConfig(PretrainedConfig):
         rms_norm_eps=1e-5,
         objective="mdm",
         block_size=None,
+        shift=False,
         mask_token_id=None,
         invalid_output_ids=None,
         initializer_range=0.02,
@@ -57,6 +60,8 @@ class MDMConfig(PretrainedConfig):
             raise ValueError(f"objective must be 'mdm', 'arm' or 'block', got {objective!r}")
         if objective == "block" and not (isinstance(block_size, int) and block_size >= 1):
             raise ValueError(f"objective 'block' needs block_size >= 1, got {block_size!r}")
+        if shift and objective != "mdm":
+            raise ValueError(f"shift is for objective 'mdm', not {objective!r}")
         if num_key_value_heads is None:
             num_key_value_heads = num_attention_heads
         if num_attention_heads % num_key_value_heads != 0:
@@ -95,6 +100,7 @@ class MDMConfig(PretrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.objective = objective
         self.block_size = block_size if objective == "block" else None
+        self.shift = bool(shift)
         self.mask_token_id = mask_token_id
         self.invalid_output_ids = invalid_output_ids
         self.initializer_range = initializer_range

@@ -13,6 +13,12 @@ attends to blocks <= k; inside a block attention is bidirectional. Passing `clea
 both copies; x_t block k sees x_t block k and x_0 blocks < k, x_0 block k sees x_0 blocks <= k)
 and returns x_t's logits: what the block-diffusion loss and ELBO score.
 
+`shift=True` (Dream's shifted prediction, `objective="mdm"`): the output at position i predicts
+token i + 1, so the logits of the positions a call runs are its outputs moved right by one, the
+first position keeping its own output: over a whole sequence, position 0's logits are the output
+at 0. A cached call over positions s..e gives s its own output, so a sampler that needs the
+logits of s runs from s - 1 (`fast_sampling`).
+
 Key/value cache (for samplers; training never uses it): `use_cache=True` returns, per layer, the
 keys (after RoPE) and values attended to, `[B, kv_heads, S, head_dim]`, as `kv_cache`.
 A later call with `kv_cache` computes only its `input_ids` positions and attends to the
@@ -448,6 +454,8 @@ class MDMForMaskedLM(MDMPreTrainedModel):
         if clean_input_ids is not None:
             hidden = hidden[:, : input_ids.shape[1]]
         logits = self.lm_head(hidden).float()
+        if getattr(self.config, "shift", False):
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         invalid = self.config.invalid_output_ids
         if invalid:
             ids = torch.tensor(invalid, dtype=torch.long, device=logits.device)
