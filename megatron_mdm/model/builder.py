@@ -108,6 +108,7 @@ def build_model(cfg: ExperimentConfig, vocab: VocabLayout, on_gpu: bool) -> Mask
         vocab=vocab,
         objective=cfg.model.objective,
         block_size=cfg.diffusion.block_size,
+        ce_chunk_tokens=cfg.model.ce_chunk_tokens,
         max_sequence_length=cfg.model.seq_length,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
