@@ -36,9 +36,10 @@ import torch.distributed as dist
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """fp32 logits [c, V_local] of one chunk: one fresh buffer (plus a half-size one for bf16)."""
     z = h @ weight.t()
     if bias is not None:
-        z = z + bias.to(z.dtype)
+        z.add_(bias.to(z.dtype))
     return z.float()
 
 
@@ -50,19 +51,16 @@ def _local_target(targets: torch.Tensor, vocab_start: int, local_size: int):
 
 
 def _lse_and_target(z: torch.Tensor, targets: torch.Tensor, vocab_start: int, group):
-    """Row log-sum-exp and target logit [c] of vocab-sharded logits z [c, V_local]."""
+    """Row log-sum-exp and target logit [c] of vocab-sharded logits z [c, V_local]; overwrites
+    z (with exp(z - row max)) so that a chunk needs one logits buffer."""
     local, mine = _local_target(targets, vocab_start, z.shape[1])
+    target_logit = torch.where(mine, z.gather(1, local[:, None])[:, 0], z.new_zeros(()))
     row_max = z.max(dim=1).values
     if group is not None:
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
     # A row whose every local logit is -inf has max -inf; exp(-inf - (-inf)) would be NaN.
     safe_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    sums = torch.stack(
-        [
-            torch.exp(z - safe_max[:, None]).sum(dim=1),
-            torch.where(mine, z.gather(1, local[:, None])[:, 0], torch.zeros_like(row_max)),
-        ]
-    )
+    sums = torch.stack([z.sub_(safe_max[:, None]).exp_().sum(dim=1), target_logit])
     if group is not None:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     return torch.log(sums[0]) + safe_max, sums[1]
@@ -95,10 +93,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk_rows):
             rows = slice(start, start + ctx.chunk_rows)
             h = hidden[rows]
-            g = torch.exp(_chunk_logits(h, weight, bias) - lse[rows, None])
+            g = _chunk_logits(h, weight, bias).sub_(lse[rows, None]).exp_()  # softmax, in place
             local, mine = _local_target(targets[rows], ctx.vocab_start, weight.shape[0])
             g.scatter_add_(1, local[:, None], -mine.to(g.dtype)[:, None])
-            g = (g * grad_loss[rows, None]).to(hidden.dtype)
+            g = g.mul_(grad_loss[rows, None]).to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[rows] = g @ weight
             if grad_weight is not None:
