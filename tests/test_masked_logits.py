@@ -122,3 +122,35 @@ def test_logits_keys_are_checked():
         _cfg("model.logits=some")
     with pytest.raises(ConfigError, match="model.ce_chunk_tokens"):
         _cfg("model.ce_chunk_tokens=-1")
+
+
+def test_bf16_masked_logits_close_to_all_logits(single_rank_world):
+    """bf16 parameters: the output layer runs in bf16 on either path, the CE in fp32; the same
+    rows give the same loss up to bf16 summation order, chunked or not."""
+    cfg = _cfg("train.precision=bf16")
+    vocab = VocabLayout.build(VOCAB, None, 64, 1)
+    model = _model(cfg, vocab)
+    assert model.output_layer.weight.dtype == torch.bfloat16
+    mb = build_micro_batch(cfg, Tokens(cfg.model.seq_length), vocab.mask_id, 7, 0, [0, 1, 2])
+    want = loss_and_grads(_with(cfg, logits="all"), model, mb)
+    for chunk in (0, 5):
+        got = loss_and_grads(_with(cfg, logits="masked", ce_chunk_tokens=chunk), model, mb)
+        assert got[2].dtype == torch.float32
+        assert got[0] == pytest.approx(want[0], rel=1e-2)
+        w, g = want[1]["output_layer.weight"].float(), got[1]["output_layer.weight"].float()
+        assert (g - w).abs().max() <= 2e-2 * w.abs().max()
+
+
+def test_memory_estimate_counts_the_logit_rows_alive():
+    from megatron_mdm.model.memory import estimate_memory
+
+    base = ["model.seq_length=1024", "train.micro_batch_size=4", "train.global_batch_size=4"]
+
+    def logits(*overrides):
+        return estimate_memory(load_config(None, [*base, *overrides]), 126464, 1).logits
+
+    full = logits("model.logits=all")
+    assert full == 6.0 * 4096 * 126464
+    assert logits("model.logits=masked") == full / 2
+    assert logits("model.ce_chunk_tokens=1024") == full / 4
+    assert logits("model.objective=arm") == full  # arm: every position carries loss
