@@ -154,3 +154,17 @@ def test_memory_estimate_counts_the_logit_rows_alive():
     assert logits("model.logits=masked") == full / 2
     assert logits("model.ce_chunk_tokens=1024") == full / 4
     assert logits("model.objective=arm") == full  # arm: every position carries loss
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_micro_batch_without_masked_tokens(single_rank_world, chunk):
+    """No loss rows at all (possible at small p and short crops): zero loss, zero gradients."""
+    cfg = _cfg()
+    vocab = VocabLayout.build(VOCAB, None, 64, 1)
+    model = _model(cfg, vocab)
+    mb = build_micro_batch(cfg, Tokens(cfg.model.seq_length), vocab.mask_id, 7, 0, [0, 1, 2])
+    mb = dataclasses.replace(mb, inputs=mb.targets, masked=torch.zeros_like(mb.masked))
+    want = loss_and_grads(_with(cfg, logits="all"), model, mb)
+    got = loss_and_grads(_with(cfg, ce_chunk_tokens=chunk), model, mb)
+    assert got[0] == want[0] == 0.0
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in got[1].values())
