@@ -345,6 +345,7 @@ def test_literal_fields():
         "model.transformer_impl": ("local", "transformer_engine"),
         "model.attention_backend": ("sdpa", "unfused"),
         "model.recompute": ("none", "full", "selective"),
+        "model.logits": ("all", "masked"),
         "diffusion.t_sampling": ("uniform", "stratified"),
         "diffusion.loss": ("smdm", "mdlm"),
         "diffusion.block_t_sampling": ("sequence", "block"),

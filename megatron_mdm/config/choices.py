@@ -16,6 +16,7 @@ __all__ = [
     "DIFFUSION_LOSSES",
     "FP8_GRAD_FORMATS",
     "FP8_RECIPES",
+    "LOGITS_MODES",
     "LR_SCHEDULES",
     "NONFINITE_POLICIES",
     "OBJECTIVES",
@@ -37,6 +38,7 @@ __all__ = [
     "FP8GradFormat",
     "FP8Recipe",
     "LRSchedule",
+    "LogitsMode",
     "NonFinitePolicy",
     "Objective",
     "PadTo",
@@ -59,6 +61,7 @@ Recompute = Literal["none", "full", "selective"]
 TSampling = Literal["uniform", "stratified"]
 BlockTSampling = Literal["sequence", "block"]
 DiffusionLoss = Literal["smdm", "mdlm"]
+LogitsMode = Literal["all", "masked"]
 ZeroStage = Literal[0, 1, 2, 3]
 Precision = Literal["fp32", "bf16", "fp8"]
 FP8Recipe = Literal["delayed", "current"]
@@ -83,6 +86,7 @@ BLOCK_T_SAMPLINGS: tuple[BlockTSampling, ...] = get_args(BlockTSampling)
 # (block diffusion interpolates between them and has its own recipes, configs/block/).
 COMPARED_OBJECTIVES: tuple[Objective, ...] = ("mdm", "arm")
 DIFFUSION_LOSSES: tuple[DiffusionLoss, ...] = get_args(DiffusionLoss)
+LOGITS_MODES: tuple[LogitsMode, ...] = get_args(LogitsMode)
 ZERO_STAGES: tuple[ZeroStage, ...] = get_args(ZeroStage)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 FP8_RECIPES: tuple[FP8Recipe, ...] = get_args(FP8Recipe)

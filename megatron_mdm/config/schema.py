@@ -31,6 +31,7 @@ from megatron_mdm.config.choices import (
     DiffusionLoss,
     FP8GradFormat,
     FP8Recipe,
+    LogitsMode,
     LRSchedule,
     NonFinitePolicy,
     Objective,
@@ -205,6 +206,14 @@ class ModelConfig:
     sequence_parallel: bool = False
     """Split norm and dropout activations along the sequence over the tensor-parallel group;
     needs parallel.tensor > 1 and Transformer Engine."""
+    logits: LogitsMode = "masked"
+    """Where training computes the output layer and the cross-entropy (objective mdm and block;
+    ignored for arm, whose loss reads every position): masked: only at the positions that carry
+    loss (masked tokens; SFT: masked response tokens); all: every position, as inference does.
+    Same loss and gradients (docs/design.md §14.1)."""
+    ce_chunk_tokens: int = 0
+    """Rows per chunk of the output layer + cross-entropy (forward and backward) in training:
+    only one chunk's logits exist at a time (kernels/chunked_ce.py); 0: all rows at once."""
 
     @property
     def kv_groups(self) -> int:
@@ -234,6 +243,7 @@ class ModelConfig:
         finite(fail, "model.norm_epsilon", self.norm_epsilon)
         finite(fail, "model.init_std", self.init_std)
         non_negative(fail, "model.mask_token_id", self.mask_token_id)
+        non_negative(fail, "model.ce_chunk_tokens", self.ce_chunk_tokens)
         if self.sequence_parallel and self.transformer_impl != "transformer_engine":
             fail(
                 "model.sequence_parallel",

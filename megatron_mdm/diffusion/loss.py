@@ -26,9 +26,13 @@ def per_token(p: torch.Tensor) -> torch.Tensor:
 
 def smdm_loss(logits, x0, masked, p_mask) -> torch.Tensor:
     """sum_{b,i} m_bi * CE_bi / p_bi  /  (B * L); p per sequence or per token (blocks, §11)."""
-    ce = token_cross_entropy(logits, x0)
+    return smdm_loss_from_ce(token_cross_entropy(logits, x0), masked, p_mask)
+
+
+def smdm_loss_from_ce(ce, masked, p_mask) -> torch.Tensor:
+    """`smdm_loss` of the per-token CE [B, L] (model.logits=masked: the model's output)."""
     weighted = ce * masked.to(ce.dtype) / per_token(p_mask).to(ce.dtype)
-    return weighted.sum() / x0.numel()
+    return weighted.sum() / ce.numel()
 
 
 def mdlm_loss(logits, x0, masked, p_mask, eps: float) -> torch.Tensor:
@@ -42,10 +46,14 @@ def mdlm_loss(logits, x0, masked, p_mask, eps: float) -> torch.Tensor:
     weight near t = 0.) SUBS: the `[MASK]` logit is already -inf (model output), unmasked positions
     carry no loss.
     """
+    return mdlm_loss_from_ce(token_cross_entropy(logits, x0), masked, p_mask, eps)
+
+
+def mdlm_loss_from_ce(ce, masked, p_mask, eps: float) -> torch.Tensor:
+    """`mdlm_loss` of the per-token CE [B, L] (model.logits=masked: the model's output)."""
     t = p_mask / (1.0 - eps)
-    ce = token_cross_entropy(logits, x0)
     weighted = ce * masked.to(ce.dtype) / per_token(t).to(ce.dtype)
-    return weighted.sum() / x0.numel()
+    return weighted.sum() / ce.numel()
 
 
 def arm_loss(logits, targets) -> torch.Tensor:

@@ -111,6 +111,7 @@ def build_model(cfg: ExperimentConfig, vocab: VocabLayout, on_gpu: bool) -> Mask
         objective=cfg.model.objective,
         block_size=cfg.diffusion.block_size,
         shift=cfg.diffusion.shift,
+        ce_chunk_tokens=cfg.model.ce_chunk_tokens,
         max_sequence_length=cfg.model.seq_length,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),

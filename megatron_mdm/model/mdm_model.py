@@ -18,6 +18,8 @@ Adaptation from a causal LM (docs/design.md §13.4-13.5), MDM objective:
   of position i are the output at i - 1, those of position 0 the output at 0 (`shift_logits`);
 - `model(x, lookahead=d)` (attention annealing, training only): query i attends to keys
   j <= i + d; without it attention is bidirectional (what sampling and evaluation run).
+Training with `labels` [b, L] (and a `loss_mask` [b, L]) returns the per-token cross-entropy [b, L]
+instead of logits, computed on the loss positions only (model/loss_rows.py, docs/design.md §14).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from megatron_mdm.model.attention_masks import (
     block_diffusion_mask,
     lookahead_mask,
 )
+from megatron_mdm.model.loss_rows import RowLossOutputLayer, row_losses
 from megatron_mdm.model.vocab import VocabLayout
 
 
@@ -48,6 +51,7 @@ class MaskedDiffusionLM(GPTModel):
         objective: str,
         block_size: int | None = None,
         shift: bool = False,
+        ce_chunk_tokens: int = 0,
         **kwargs,
     ):
         super().__init__(*args, vocab_size=vocab.padded_size, **kwargs)
@@ -55,9 +59,12 @@ class MaskedDiffusionLM(GPTModel):
         self.objective = objective
         self.block_size = block_size
         self.shift = shift
+        self.ce_chunk_tokens = ce_chunk_tokens  # rows per chunk of the CE with labels; 0: whole
         self._noisy_length = None  # set while a [x_t; x_0] forward runs: L of the x_t half
         if self.post_process:
             self.register_buffer("logit_bias", self._local_logit_bias(vocab), persistent=False)
+            # same parameters and state; its forward can also return the CE of selected rows
+            self.output_layer.__class__ = RowLossOutputLayer
 
     @staticmethod
     def _local_logit_bias(vocab: VocabLayout) -> torch.Tensor:
@@ -85,7 +92,9 @@ class MaskedDiffusionLM(GPTModel):
 
         `clean_input_ids` [batch, L] (block objective, training): x_0 beside `input_ids` = x_t;
         the logits then cover x_t only. `block_size` overrides the model's (a schedule).
-        `lookahead` (MDM, attention annealing): keys past the query each query may see."""
+        `lookahead` (MDM, attention annealing): keys past the query each query may see.
+        `labels` [batch, seq] (kwargs, with an optional bool `loss_mask`): the last stage returns
+        the per-token CE [batch, seq] in fp32, nonzero only where `loss_mask` is set."""
         noisy_length = None
         if self.objective == "block":
             size = block_size or self.block_size
@@ -110,7 +119,7 @@ class MaskedDiffusionLM(GPTModel):
             out = super().forward(input_ids, position_ids, attention_mask, **kwargs)
         finally:
             self._noisy_length = None
-        if not self.post_process:
+        if not self.post_process or kwargs.get("labels") is not None:
             return out
         if noisy_length is not None:
             out = out[:, :noisy_length]  # a no-op unless sequence parallelism kept x_0's logits
@@ -130,6 +139,8 @@ class MaskedDiffusionLM(GPTModel):
         """Only the x_t half goes through the output layer (hidden states are [s, b, h]; under
         sequence parallelism they are split along s, so the logits are cut after instead)."""
         length = self._noisy_length
+        if self.post_process and kwargs.get("labels") is not None:
+            return row_losses(self, hidden_states, kwargs["labels"], kwargs["loss_mask"], length)
         if length is not None and self.post_process and not self.config.sequence_parallel:
             hidden_states = hidden_states[:length]
         return super()._postprocess(hidden_states=hidden_states, **kwargs)

@@ -28,7 +28,9 @@ s*b*h*(34 + 5*a*s/h) bytes; for this model's SwiGLU/GQA/no-dropout block the sam
 The s^2 term is charged only to `model.attention_backend=unfused` with the local spec: Transformer
 Engine's fused attention and the local spec's SDPA core attention (flash / memory-efficient
 kernels on GPU) keep only per-row softmax statistics. The last stage adds the logits: the bf16 logits kept alive through the loss plus the
-fp32 softmax that vocab-parallel cross-entropy saves, 6*s*b*V/TP. Under 1F1B pipelining the first
+fp32 softmax that vocab-parallel cross-entropy saves, 6*r*V/TP for r logit rows: r = s*b, half
+of it with `model.logits=masked` (mdm, block: the expected masked share), at most
+`model.ce_chunk_tokens` when chunked (docs/design.md §14). Under 1F1B pipelining the first
 stage holds min(PP, micro-batches) micro-batches in flight (about all L layers' worth, whatever PP
 is) and the last stage one plus the logits; the estimate reports the larger of the two.
 """
@@ -120,8 +122,16 @@ def stores_no_attention_scores(m: ModelConfig) -> bool:
     return m.transformer_impl == "transformer_engine" or m.attention_backend == "sdpa"
 
 
-def logits_bytes(micro_batch: int, seq: int, padded_vocab: int, tensor: int = 1) -> float:
-    return 6.0 * seq * micro_batch * padded_vocab / tensor
+def logits_bytes(rows: float, padded_vocab: int, tensor: int = 1) -> float:
+    return 6.0 * rows * padded_vocab / tensor
+
+
+def logit_rows(m: ModelConfig, micro_batch: int) -> float:
+    """Rows of logits alive at once in training (module docstring)."""
+    rows = float(m.seq_length * micro_batch)
+    if m.logits == "masked" and m.objective != "arm":
+        rows /= 2
+    return min(rows, m.ce_chunk_tokens) if m.ce_chunk_tokens > 0 else rows
 
 
 def estimate_memory(cfg: ExperimentConfig, padded_vocab: int, gpus: int) -> MemoryEstimate:
@@ -143,7 +153,7 @@ def estimate_memory(cfg: ExperimentConfig, padded_vocab: int, gpus: int) -> Memo
     layer_seq = m.seq_length * (2 if m.objective == "block" else 1)
     per_layer = activation_bytes_per_layer(m, t.micro_batch_size, layer_seq, p.tensor, flash)
     stage_layers = m.num_layers // p.pipeline
-    logits = logits_bytes(t.micro_batch_size, m.seq_length, padded_vocab, p.tensor)
+    logits = logits_bytes(logit_rows(m, t.micro_batch_size), padded_vocab, p.tensor)
     if p.pipeline == 1:
         activations = per_layer * stage_layers
     else:

@@ -26,7 +26,7 @@ from megatron_mdm.config import ExperimentConfig
 from megatron_mdm.parallel.distributed import ParallelContext
 from megatron_mdm.parallel.mpu import GradNormMPU
 from megatron_mdm.training.engine import deepspeed_clips
-from megatron_mdm.training.objective import LossFn
+from megatron_mdm.training.objective import RunLoss
 
 
 def _clip_and_norm(cfg: ExperimentConfig, engine) -> float:
@@ -83,14 +83,14 @@ def _mean_over_data_parallel(value: torch.Tensor) -> float:
 
 
 def train_step_no_pipeline(
-    cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn
+    cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: RunLoss
 ) -> dict:
     losses = []
     grad_norm = float("nan")
     for i, mb in enumerate(micro_batches):
         mb = mb.to(ctx.device)
-        logits = engine(mb.inputs, **mb.model_kwargs())
-        loss = loss_fn(logits, mb)
+        output = engine(mb.inputs, **mb.model_kwargs(), **loss_fn.model_kwargs(mb))
+        loss = loss_fn(output, mb)
         engine.backward(_nan_if_not_finite(loss))
         if i == len(micro_batches) - 1 and not deepspeed_clips(cfg):
             grad_norm = _clip_and_norm(cfg, engine)
@@ -104,17 +104,17 @@ def train_step_no_pipeline(
 
 
 def _pipeline_losses(
-    ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn, forward_only: bool
+    ctx: ParallelContext, engine, micro_batches, loss_fn: RunLoss, forward_only: bool
 ):
     """Run megatron-core's pipeline schedule; the mean micro-batch loss, on every stage."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     def forward_step(data_iterator, model) -> tuple[torch.Tensor, Callable]:
         mb = next(data_iterator).to(ctx.device)
-        output = model(mb.inputs, **mb.model_kwargs())
+        output = model(mb.inputs, **mb.model_kwargs(), **loss_fn.model_kwargs(mb))
 
-        def loss_func(logits):
-            loss = loss_fn(logits, mb)
+        def loss_func(last_stage_output):
+            loss = loss_fn(last_stage_output, mb)
             # clone: the schedule divides the returned loss in place by the micro-batch count.
             return _nan_if_not_finite(loss), {"loss": loss.detach().clone().float()}
 
@@ -136,7 +136,7 @@ def _pipeline_losses(
     return local
 
 
-def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn) -> dict:
+def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: RunLoss) -> dict:
     loss = _pipeline_losses(ctx, engine, micro_batches, loss_fn, forward_only=False)
     if cfg.parallel.zero_stage == 0:
         engine.allreduce_gradients()
@@ -153,7 +153,7 @@ def train_step_pipeline(cfg, ctx: ParallelContext, engine, micro_batches, loss_f
 
 
 @torch.no_grad()
-def eval_loss(cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn) -> float:
+def eval_loss(cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: RunLoss) -> float:
     """Mean loss over the micro-batches (forward only), averaged over data-parallel ranks."""
     if cfg.parallel.pipeline > 1:
         loss = _pipeline_losses(ctx, engine, micro_batches, loss_fn, forward_only=True)
@@ -161,12 +161,13 @@ def eval_loss(cfg, ctx: ParallelContext, engine, micro_batches, loss_fn: LossFn)
         losses = []
         for mb in micro_batches:
             mb = mb.to(ctx.device)
-            losses.append(loss_fn(engine(mb.inputs, **mb.model_kwargs()), mb).float())
+            output = engine(mb.inputs, **mb.model_kwargs(), **loss_fn.model_kwargs(mb))
+            losses.append(loss_fn(output, mb).float())
         loss = torch.stack(losses).mean()
     return _mean_over_data_parallel(loss)
 
 
-def train_step(cfg, ctx, engine, micro_batches, loss_fn: LossFn) -> dict:
+def train_step(cfg, ctx, engine, micro_batches, loss_fn: RunLoss) -> dict:
     if cfg.parallel.pipeline > 1:
         return train_step_pipeline(cfg, ctx, engine, micro_batches, loss_fn)
     return train_step_no_pipeline(cfg, ctx, engine, micro_batches, loss_fn)
