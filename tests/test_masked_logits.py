@@ -70,6 +70,7 @@ def _model(cfg, vocab):
 CASES = {
     "mdm_smdm": [],
     "mdm_mdlm": ["diffusion.loss=mdlm"],
+    "mdm_shift": ["diffusion.shift=true"],  # position i reads output i - 1 (design §13.4)
     "block": ["model.objective=block", "diffusion.block_size=4"],
 }
 
