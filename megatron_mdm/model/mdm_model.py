@@ -33,6 +33,7 @@ class MaskedDiffusionLM(GPTModel):
         self.objective = objective
         self.block_size = block_size
         self._noisy_length = None  # set while a [x_t; x_0] forward runs: L of the x_t half
+        self._output_positions = None  # set while a forward runs for selected logits only
         if self.post_process:
             self.register_buffer("logit_bias", self._local_logit_bias(vocab), persistent=False)
 
@@ -55,9 +56,13 @@ class MaskedDiffusionLM(GPTModel):
         attention_mask=None,
         clean_input_ids=None,
         block_size: int | None = None,
+        output_positions=None,
         **kwargs,
     ):
         """Logits [batch, seq, local vocab] on the last stage, hidden states elsewhere.
+
+        `output_positions` [batch, seq] (bool; inference, no sequence parallelism): the output
+        layer runs on those positions only, and the logits are [N, local vocab], row-major.
 
         `clean_input_ids` [batch, L] (block objective, training): x_0 beside `input_ids` = x_t;
         the logits then cover x_t only. `block_size` overrides the model's (a schedule)."""
@@ -76,15 +81,22 @@ class MaskedDiffusionLM(GPTModel):
             seq = input_ids.shape[1]
             position_ids = torch.arange(seq, device=input_ids.device).unsqueeze(0)
             position_ids = position_ids.expand(input_ids.shape[0], -1)
+        if output_positions is not None and (
+            noisy_length is not None or self.config.sequence_parallel
+        ):
+            raise ValueError("output_positions needs one copy and no sequence parallelism")
         self._noisy_length = noisy_length
+        self._output_positions = output_positions
         try:
             out = super().forward(input_ids, position_ids, attention_mask, **kwargs)
         finally:
-            self._noisy_length = None
+            self._noisy_length = self._output_positions = None
         if not self.post_process:
             return out
         if noisy_length is not None:
             out = out[:, :noisy_length]  # a no-op unless sequence parallelism kept x_0's logits
+        if output_positions is not None:
+            out = out[0]  # [1, N, V] -> [N, V]
         return out + self.logit_bias.to(out.dtype)
 
     def _preprocess(self, *args, **kwargs):
@@ -101,4 +113,8 @@ class MaskedDiffusionLM(GPTModel):
         length = self._noisy_length
         if length is not None and self.post_process and not self.config.sequence_parallel:
             hidden_states = hidden_states[:length]
+        rows = self._output_positions
+        if rows is not None and self.post_process:  # [s, b, h] -> the selected rows [N, 1, h]
+            hidden_states = hidden_states.transpose(0, 1)[rows.to(hidden_states.device)]
+            hidden_states = hidden_states.unsqueeze(1)
         return super()._postprocess(hidden_states=hidden_states, **kwargs)
