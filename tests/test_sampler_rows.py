@@ -167,3 +167,27 @@ def test_output_positions_are_the_selected_rows_of_the_full_logits():
         rows = model(input_ids=x, output_positions=select).logits
     assert rows.shape == (int(select.sum()), every.shape[-1])
     torch.testing.assert_close(rows, every[select], rtol=0, atol=1e-5)
+
+
+def test_megatron_model_output_positions_are_the_selected_rows(single_rank_world):
+    """`--ckpt` models (megatron-core's GPTModel) gather the selected hidden states before the
+    output layer: the logits equal the full pass's rows, with [MASK]/padding still -inf."""
+    from helpers import TINY_MODEL
+
+    from megatron_mdm.config import load_config
+    from megatron_mdm.model.builder import build_model
+    from megatron_mdm.model.vocab import VocabLayout
+
+    cfg = load_config(None, [*TINY_MODEL, "model.objective=mdm"])
+    vocab = VocabLayout.build(100, None, 64, 1)
+    model = build_model(cfg, vocab, on_gpu=False).eval()
+    x = torch.randint(0, 100, (3, 16), generator=torch.Generator().manual_seed(0))
+    x[:, 8:] = vocab.mask_id
+    select = x == vocab.mask_id
+    select[1, 12:] = False
+    with torch.no_grad():
+        every = model(x)
+        rows = SelectiveModel(model, CPU, hf=False).at(x, select)
+    assert rows.shape == (int(select.sum()), every.shape[-1])
+    torch.testing.assert_close(rows, every[select], rtol=0, atol=1e-5)
+    assert torch.isneginf(rows[:, 100:]).all()
