@@ -3,6 +3,13 @@
     python bench/sampling.py [--model words|quickstart | --ckpt DIR] [--prompts 8]
         [--gen-length 64] [--block-length 16] [--threshold 0.9 0.7] [--out FILE.json]
 
+`--model random --vocab N`: no training, the quickstart shape with random weights and an output
+layer of N ids (the output layer's share of the work grows with N; the byte tokenizer uses 259).
+Also reported: `llada` against a plain loop of LLaDA's published algorithm on the same weights
+(logits of every position and a float64 softmax over the vocabulary every step; its answers must
+be identical), and tokens/s of all prompts at batch 8 vs batch 1 (`inference.batching`;
+`--no-batch` skips it). `--only NAME...` times only those samplers besides llada.
+
 Without `--ckpt` a model is trained first into `--workdir/MODEL` (once; later runs reuse it):
 `words` (default): the quickstart architecture (4.4M parameters, byte tokenizer) for 1000 steps
 on lines of random words from a 16-word list (10-15 minutes on one CPU core); `quickstart`: the
@@ -50,6 +57,7 @@ WORDS = (
 MODELS = {  # name -> (extra overrides of configs/quickstart.yaml, corpus writer or None)
     "quickstart": ([], None),
     "words": (["train.max_steps=1000"], "words"),
+    "random": ([], None),  # not trained: random weights (`random_model`)
 }
 
 
@@ -93,6 +101,44 @@ def prompt_ids(tokenizer, args) -> list[list[int]]:
     return [tokenizer.encode(d[: args.prompt_bytes]) for d in docs[: args.prompts]]
 
 
+@torch.no_grad()
+def plain_llada(model, prompt, mask_id, gen_length, steps, block_length, stats) -> torch.Tensor:
+    """LLaDA's published sampling loop (greedy, low-confidence remasking) written out plainly,
+    sharing no code with `diffusion.sampling`: every step runs the whole sequence through the
+    model, takes the logits of every position, a float64 softmax over the full vocabulary, and
+    a top-k per row."""
+    batch, plen = prompt.shape
+    x = torch.full((batch, plen + gen_length), mask_id, dtype=torch.long)
+    x[:, :plen] = prompt
+    blocks = gen_length // block_length
+    per_block = steps // blocks
+    calls = 0
+    for b in range(blocks):
+        start, end = plen + b * block_length, plen + (b + 1) * block_length
+        block_masks = (x[:, start:end] == mask_id).sum(1, keepdim=True)
+        transfer = (block_masks // per_block).repeat(1, per_block)
+        for row in range(batch):
+            transfer[row, : int(block_masks[row, 0] % per_block)] += 1
+        for i in range(per_block):
+            mask_index = x == mask_id
+            logits = model(input_ids=x).logits
+            calls += 1
+            x0 = logits.argmax(-1)
+            p = torch.softmax(logits.to(torch.float64), dim=-1)
+            x0_p = torch.gather(p, -1, x0[..., None])[..., 0]
+            x0_p[:, end:] = -float("inf")
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, -float("inf"))
+            chosen = torch.zeros_like(x0, dtype=torch.bool)
+            for row in range(batch):
+                k = int(transfer[row, i])
+                if k:
+                    chosen[row, torch.topk(confidence[row], k).indices] = True
+            x[chosen] = x0[chosen]
+    stats["model_calls"] = calls
+    return x
+
+
 def sampler_table(mdm, arm, args) -> dict:
     """name -> fn(prompt [1, P], stats) -> ids [1, P + gen_length], each through
     `inference.generate` with its `SamplingConfig`."""
@@ -116,17 +162,92 @@ def sampler_table(mdm, arm, args) -> dict:
     def runner(model, config):
         return lambda p, stats: generate(model, p, config, stats)
 
-    return {name: runner(model, config) for name, (model, config) in configs.items()}
+    table = {name: runner(model, config) for name, (model, config) in configs.items()}
+    table["llada plain loop (reference)"] = lambda p, stats: plain_llada(
+        mdm.cached_model, p, mdm.mask_id, n, n, args.block_length or n, stats
+    )
+    return table
+
+
+def batch_speed(mdm, arm, prompts, args) -> dict:
+    """tokens/s of whole prompt lists at batch 8 and batch 1 (`inference.batching`), and whether
+    every completion is the same; the fastest of `--repeats`."""
+    from megatron_mdm.inference.batching import generate_many
+    from megatron_mdm.inference.sampling_config import SamplingConfig
+
+    n = args.gen_length
+    base = SamplingConfig(gen_length=n, steps=n, block_length=args.block_length, stop_at_eos=False)
+    configs = {
+        "llada": (mdm, base.replace(sampler="llada")),
+        "fast dual t=0.9": (mdm, base.replace(sampler="fast", cache="dual", threshold=0.9)),
+        "arm + KV cache": (arm, base.replace(sampler="arm")),
+    }
+    out = {}
+    for name, (model, config) in configs.items():
+        seconds, answers = {}, {}
+        generate_many(model, prompts[:1], config, 1)  # warm-up
+        for size in (1, 8):
+            best = float("inf")
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                done = generate_many(model, prompts, config, size)
+                best = min(best, time.perf_counter() - start)
+            seconds[size], answers[size] = best, [c.ids for c in done]
+        out[name] = {
+            "batch8_vs_batch1": seconds[1] / seconds[8],
+            "identical": answers[1] == answers[8],
+        }
+        print(f"{name}: batch 8 {out[name]['batch8_vs_batch1']:.2f}x batch 1", file=sys.stderr)
+    return out
+
+
+def random_model(args, objective: str | None = None):
+    """The quickstart shape (4.4M parameters + the output layer) with random weights and a
+    `--vocab`-sized output layer (the byte tokenizer uses its first 259 ids): the regime of
+    the output layer's cost without training a model."""
+    from megatron_mdm.config import load_config
+    from megatron_mdm.convert import layouts
+    from megatron_mdm.convert.hf_modeling.configuration_mdm import MDMConfig
+    from megatron_mdm.convert.hf_modeling.modeling_mdm import MDMForMaskedLM
+    from megatron_mdm.data.tokenizers import ByteLevelTokenizer
+    from megatron_mdm.inference.loading import InferenceModel, SelectiveModel
+    from megatron_mdm.model.vocab import VocabLayout
+
+    cfg = load_config(str(ROOT / "configs" / "quickstart.yaml"), [])
+    vocab = VocabLayout.build(max(args.vocab, 259), None, 128, 1)
+    shape = layouts.ModelShape.from_config(cfg.model, vocab)
+    config = layouts.hf_config(shape, layouts.config_meta(cfg, vocab, eos_token_id=257))
+    config["objective"] = objective or "mdm"
+    torch.manual_seed(0)
+    model = MDMForMaskedLM(MDMConfig(**config)).eval()
+    cpu = torch.device("cpu")
+    return InferenceModel(
+        SelectiveModel(model, cpu, hf=True),
+        ByteLevelTokenizer(),
+        vocab.mask_id,
+        257,
+        config["objective"],
+        cpu,
+        load_cached_model=lambda: model,
+        max_length=cfg.model.seq_length,
+    )
 
 
 def run(args) -> dict:
     from megatron_mdm.inference.loading import from_training_checkpoint_torch
 
-    ckpt = args.ckpt or train_model(args.model, Path(args.workdir))
-    mdm = from_training_checkpoint_torch(ckpt)
-    arm = from_training_checkpoint_torch(ckpt, objective="arm")
+    if args.model == "random" and not args.ckpt:
+        ckpt = f"random weights, vocab {args.vocab}"
+        mdm, arm = random_model(args), random_model(args, "arm")
+    else:
+        ckpt = args.ckpt or train_model(args.model, Path(args.workdir))
+        mdm = from_training_checkpoint_torch(ckpt)
+        arm = from_training_checkpoint_torch(ckpt, objective="arm")
     prompts = prompt_ids(mdm.tokenizer, args)
     table = sampler_table(mdm, arm, args)
+    if args.only:
+        keep = {"llada", "llada plain loop (reference)", *args.only}
+        table = {name: fn for name, fn in table.items() if name in keep}
     n = args.gen_length
     for sample in table.values():
         sample(torch.tensor([prompts[0]]), {})  # warm-up
@@ -156,11 +277,14 @@ def run(args) -> dict:
             "positions_per_token": sum(positions[name]) / total if positions[name][0] else None,
         }
         print(f"{name}: {results[name]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    plain = results["llada plain loop (reference)"]["tokens_per_s"]
+    results["llada"]["speedup_vs_plain_loop"] = results["llada"]["tokens_per_s"] / plain
     base = results["llada"]["tokens_per_s"]
     for name, row in results.items():
         row["speedup_vs_llada"] = row["tokens_per_s"] / base
         if name.startswith("arm"):
             continue
+
         pairs = list(zip(answers[name], answers["llada"]))
         same = sum(sum(a == b for a, b in zip(x, y)) for x, y in pairs)
         row["token_agreement"] = same / (len(pairs) * n)
@@ -178,6 +302,7 @@ def run(args) -> dict:
         "threads": torch.get_num_threads(),
         "device": str(mdm.device),
         "results": results,
+        "batch": batch_speed(mdm, arm, prompts, args) if args.batch else None,
         "sample": mdm.tokenizer.decode(prompts[0] + answers["llada"][0]),
     }
 
@@ -198,6 +323,17 @@ def markdown(report: dict) -> str:
             + ("-" if whole is None else f"{whole:.0%}")
             + " |"
         )
+    lines.append("")
+    lines.append(
+        f"llada vs the plain LLaDA loop (batch 1): "
+        f"{report['results']['llada']['speedup_vs_plain_loop']:.2f}x tokens/s, answers identical: "
+        f"{report['results']['llada plain loop (reference)']['answer_agreement']:.0%}"
+    )
+    for name, row in (report.get("batch") or {}).items():
+        lines.append(
+            f"{name}: batch 8 / batch 1 tokens/s = {row['batch8_vs_batch1']:.2f}x, "
+            f"completions identical: {row['identical']}"
+        )
     return "\n".join(lines)
 
 
@@ -214,6 +350,15 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.9, 0.7])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; the fastest counts")
     parser.add_argument("--out", help="also write the report as JSON here")
+    parser.add_argument("--vocab", type=int, default=259, help="--model random: output size")
+    parser.add_argument(
+        "--no-batch", dest="batch", action="store_false", help="skip batch 8 vs batch 1"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        help="run only these samplers (names as in the table; llada always runs)",
+    )
     args = parser.parse_args()
     report = run(args)
     print(json.dumps(report, indent=2))

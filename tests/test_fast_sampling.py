@@ -72,11 +72,14 @@ def test_cached_logits_equal_a_full_forward_while_nothing_changed(cache, cfg):
     prompt_index[:, :5] = True
     exact = FullLogits(model_fn(model), prompt_index, cfg, MASK)
     cached = BlockLogits(model, cache, prompt_index, cfg, MASK, 9, 13)
-    _, full = exact(x, 0)
-    lo, first = cached(x, 0)
-    assert lo == 0
-    torch.testing.assert_close(finite(first), finite(full), rtol=0, atol=1e-5)
-    lo, again = cached(x, 1)
+    every = torch.ones_like(x, dtype=torch.bool)  # the logits of every covered position
+    _, _, full = exact(x, 0, every)
+    full = full.view(*x.shape, -1)
+    lo, hi, first = cached(x, 0, every)
+    assert (lo, hi) == (0, 17)
+    torch.testing.assert_close(finite(first.view(*x.shape, -1)), finite(full), rtol=0, atol=1e-5)
+    lo, hi, again = cached(x, 1, every)
+    again = again.view(2, hi - lo, -1)
     assert lo == 9 and again.shape[1] == (13 - 9 if cache == "dual" else 17 - 9)
     assert finite(full).abs().max() > 1.0 and not again.isnan().any()
     torch.testing.assert_close(

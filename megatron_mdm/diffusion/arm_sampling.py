@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_mdm.diffusion.sampling import ModelFn, gumbel_argmax
+from megatron_mdm.diffusion.sampling import Generators, ModelFn, gumbel_argmax, logits_at
 
 
 def _next_token(
@@ -25,7 +25,7 @@ def _next_token(
     done: torch.Tensor,
     temperature: float,
     eos_id: int | None,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(next token [B], updated done [B]) from last-position logits [B, V]."""
     token = gumbel_argmax(logits, temperature, generator)
@@ -49,7 +49,7 @@ def arm_sample(
     gen_length: int = 128,
     temperature: float = 0.0,
     eos_id: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     stats: dict | None = None,
 ) -> torch.Tensor:
     """prompt [B, P] -> [B, P + n], n <= gen_length; a full causal forward pass per token."""
@@ -58,7 +58,9 @@ def arm_sample(
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     calls = 0
     for _ in range(gen_length):
-        logits = model_fn(x)[:, -1]
+        last = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        last[:, -1] = True
+        logits = logits_at(model_fn, x, last)  # the output layer on the last position only
         calls += 1
         token, done = _next_token(logits, done, temperature, eos_id, generator)
         x = torch.cat([x, token[:, None]], dim=1)
@@ -76,17 +78,20 @@ def arm_sample_kv(
     gen_length: int = 128,
     temperature: float = 0.0,
     eos_id: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     stats: dict | None = None,
 ) -> torch.Tensor:
     """prompt [B, P] -> [B, P + n], n <= gen_length; prefill once, then one token per call."""
     _check(prompt, gen_length)
-    out = cached_model(input_ids=prompt, use_cache=True)
+    last = torch.zeros(prompt.shape, dtype=torch.bool, device=prompt.device)
+    last[:, -1] = True
+    out = cached_model(input_ids=prompt, use_cache=True, output_positions=last)
     calls = 1
     tokens = [prompt]
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for i in range(gen_length):
-        token, done = _next_token(out.logits[:, -1], done, temperature, eos_id, generator)
+        logits = out.logits if i == 0 else out.logits[:, -1]  # prefill: the last row only
+        token, done = _next_token(logits, done, temperature, eos_id, generator)
         tokens.append(token[:, None])
         if i == gen_length - 1 or bool(done.all()):
             break

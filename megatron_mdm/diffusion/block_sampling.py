@@ -29,9 +29,11 @@ from __future__ import annotations
 import torch
 
 from megatron_mdm.diffusion.sampling import (
+    Generators,
     ModelFn,
+    candidates,
     combine_guidance,
-    guided_logits,
+    guided_logits_at,
     masked_canvas,
     reveal_step,
     tokens_per_step,
@@ -68,11 +70,14 @@ class BlockPrefixLogits:
     def prefill(self, x: torch.Tensor, end: int) -> None:
         pass
 
-    def __call__(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, start: int, end: int, select: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] of the block's `select`ed positions (`select` [B, end - start])."""
         self.calls += 1
         self.positions += end
         index = self.prompt_index[:, :end]
-        return guided_logits(self.model_fn, x[:, :end], index, self.cfg, self.mask_id)[:, start:]
+        rows = torch.zeros(x.shape[0], end, dtype=torch.bool, device=x.device)
+        rows[:, start:end] = select
+        return guided_logits_at(self.model_fn, x[:, :end], rows, index, self.cfg, self.mask_id)
 
     def commit(self, x: torch.Tensor, start: int, end: int) -> None:
         pass
@@ -98,11 +103,17 @@ class BlockCachedLogits:
             return part
         return torch.cat([part, part.masked_fill(self.prompt_index[:, start:end], self.mask_id)])
 
-    def _run(self, x: torch.Tensor, start: int, end: int, keep: bool):
+    def _run(self, x: torch.Tensor, start: int, end: int, keep: bool, select: torch.Tensor | None):
         self.calls += 1
         self.positions += end - start
+        if select is None:  # a pass for the cache only: the output layer on no position
+            select = torch.zeros(x.shape[0], end - start, dtype=torch.bool, device=x.device)
+        rows = select if self.cfg == 0 else torch.cat([select, select])
         out = self.cached_model(
-            input_ids=self._inputs(x, start, end), kv_cache=self.kv, use_cache=keep
+            input_ids=self._inputs(x, start, end),
+            kv_cache=self.kv,
+            use_cache=keep,
+            output_positions=rows,
         )
         if keep:
             self.kv = out.kv_cache
@@ -111,10 +122,11 @@ class BlockCachedLogits:
     def prefill(self, x: torch.Tensor, end: int) -> None:
         """Cache the prompt's complete blocks, positions [0, end)."""
         if end > 0:
-            self._run(x, 0, end, keep=True)
+            self._run(x, 0, end, keep=True, select=None)
 
-    def __call__(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        logits = self._run(x, start, end, keep=False).logits
+    def __call__(self, x: torch.Tensor, start: int, end: int, select: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] of the block's `select`ed positions (`select` [B, end - start])."""
+        logits = self._run(x, start, end, keep=False, select=select).logits
         if self.cfg == 0:
             return logits
         cond, uncond = logits.chunk(2)
@@ -122,7 +134,7 @@ class BlockCachedLogits:
 
     def commit(self, x: torch.Tensor, start: int, end: int) -> None:
         """Append the finished (clean) block's keys and values."""
-        self._run(x, start, end, keep=True)
+        self._run(x, start, end, keep=True, select=None)
 
 
 @torch.no_grad()
@@ -135,7 +147,7 @@ def block_diffusion_sample(
     temperature: float = 0.0,
     remasking: str = "low_confidence",
     cfg: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     threshold: float | None = None,
     eos_id: int | None = None,
     cached_model=None,
@@ -169,7 +181,8 @@ def block_diffusion_sample(
         for i in range(per_block):
             if not bool((x[:, start:end] == mask_id).any()):
                 break
-            logits = source(x, start, end)
+            select = candidates(x[:, start:end], mask_id, end - start)
+            logits = source(x, start, end, select)
             x[:, start:end] = reveal_step(
                 x[:, start:end],
                 logits,

@@ -32,15 +32,21 @@ from __future__ import annotations
 
 import torch
 
-from megatron_mdm.diffusion.sampling import FullLogits, ModelFn, block_sample, combine_guidance
+from megatron_mdm.diffusion.sampling import (
+    FullLogits,
+    Generators,
+    ModelFn,
+    block_sample,
+    combine_guidance,
+)
 
 CACHE_MODES = ("none", "prefix", "dual")
 
 
 class BlockLogits:
     """Logits for one block's steps through the approximate KV cache (`prefix` or `dual`).
-    `__call__(x, step)` returns (first position covered, logits [B, n, V]); the covered
-    positions include the block. (`sampling.FullLogits` is the uncached counterpart.)
+    `__call__(x, step, select)` returns (first and end position covered, logits [N, V] of the
+    `select`ed positions); the covered positions include the block. (`sampling.FullLogits` is the uncached counterpart.)
 
     Classifier-free guidance batches the unconditional copy (prompt masked) with `x` (SMDM's
     form, `sampling.guided_logits`); with a cache both halves keep their own keys/values."""
@@ -60,31 +66,41 @@ class BlockLogits:
             return x
         return torch.cat([x, x.masked_fill(self.prompt_index, self.mask_id)])
 
+    def _rows(self, select: torch.Tensor) -> torch.Tensor:
+        return select if self.cfg == 0 else torch.cat([select, select])
+
     def _guided(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg == 0:
             return logits
         cond, uncond = logits.chunk(2)
         return combine_guidance(cond, uncond, self.cfg)
 
-    def __call__(self, x: torch.Tensor, step: int) -> tuple[int, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, step: int, select: torch.Tensor
+    ) -> tuple[int, int, torch.Tensor]:
+        """The output layer runs only on `select`ed positions (inside the covered ones)."""
         self.calls += 1
-        inputs = self._inputs(x)
+        inputs, rows = self._inputs(x), self._rows(select)
+        length = x.shape[1]
         if step == 0:  # the whole sequence once; keep the keys/values this mode reuses
-            self.positions += x.shape[1]
-            out = self.cached_model(input_ids=inputs, use_cache=True)
-            keep = self.lo if self.cache == "prefix" else x.shape[1]
+            self.positions += length
+            out = self.cached_model(input_ids=inputs, use_cache=True, output_positions=rows)
+            keep = self.lo if self.cache == "prefix" else length
             self.kv = tuple((k[:, :, :keep], v[:, :, :keep]) for k, v in out.kv_cache)
-            return 0, self._guided(out.logits)
-        lo = self.lo
+            return 0, length, self._guided(out.logits)
+        lo = self.lo  # the block's start, or one before it for a shifted model
         if self.cache == "prefix":  # block and suffix, after the cached prefix
-            self.positions += x.shape[1] - lo
-            out = self.cached_model(input_ids=inputs[:, lo:], kv_cache=self.kv)
+            hi, replace_at = length, None
         else:  # dual: the block only, between the cached prefix and suffix
-            self.positions += self.end - lo
-            out = self.cached_model(
-                input_ids=inputs[:, lo : self.end], kv_cache=self.kv, replace_at=lo
-            )
-        return lo, self._guided(out.logits)
+            hi, replace_at = self.end, lo
+        self.positions += hi - lo
+        out = self.cached_model(
+            input_ids=inputs[:, lo:hi],
+            kv_cache=self.kv,
+            replace_at=replace_at,
+            output_positions=rows[:, lo:hi],
+        )
+        return lo, hi, self._guided(out.logits)
 
 
 @torch.no_grad()
@@ -98,7 +114,7 @@ def fast_sample(
     temperature: float = 0.0,
     remasking: str = "low_confidence",
     cfg: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     threshold: float | None = None,
     cache: str = "none",
     cached_model=None,

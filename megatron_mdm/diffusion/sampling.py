@@ -25,6 +25,40 @@ from typing import Protocol
 import torch
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
+# One generator for the whole batch, or one per row (batch-invariant draws: row b's numbers come
+# from generator[b] alone, so a row draws the same numbers alone and inside any batch).
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def uniform(
+    shape: tuple[int, ...] | torch.Size,
+    generator: Generators,
+    device: torch.device,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """float64 U[0, 1) draws of `shape` (rows along dim 0). With one generator per row, row b
+    draws `shape[1:]` numbers from `generator[b]`; rows where `rows` [B] is False draw nothing
+    (their values are 0.5), so a row that has finished does not advance its stream."""
+    if not isinstance(generator, list):
+        return torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} rows")
+    out = torch.full(tuple(shape), 0.5, dtype=torch.float64, device=device)
+    for b, g in enumerate(generator):
+        if rows is None or bool(rows[b]):
+            out[b] = torch.rand(tuple(shape[1:]), generator=g, dtype=torch.float64, device=device)
+    return out
+
+
+def logits_at(model_fn: ModelFn, x: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """Logits [N, V] of the positions `select` [B, L] marks, in row-major order: the one place
+    where a sampler's logits are produced for positions. A `model_fn` with an `at(x, select)`
+    method (`inference.loading.SelectiveModel`) runs the output layer on those rows only; any
+    other callable runs in full and is indexed."""
+    at = getattr(model_fn, "at", None)
+    if at is not None:
+        return at(x, select)
+    return model_fn(x)[select]
 
 
 def guided_logits(
@@ -39,6 +73,23 @@ def guided_logits(
     return combine_guidance(cond_logits, uncond_logits, cfg)
 
 
+def guided_logits_at(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    select: torch.Tensor,
+    prompt_index: torch.Tensor,
+    cfg: float,
+    mask_id: int,
+) -> torch.Tensor:
+    """`guided_logits` of the selected positions only ([N, V], `logits_at`)."""
+    if cfg == 0:
+        return logits_at(model_fn, x, select)
+    uncond = x.masked_fill(prompt_index, mask_id)
+    both = logits_at(model_fn, torch.cat([x, uncond]), torch.cat([select, select]))
+    cond_logits, uncond_logits = both.chunk(2)
+    return combine_guidance(cond_logits, uncond_logits, cfg)
+
+
 def combine_guidance(
     cond_logits: torch.Tensor, uncond_logits: torch.Tensor, cfg: float
 ) -> torch.Tensor:
@@ -49,14 +100,20 @@ def combine_guidance(
     return guided.masked_fill(cond_logits.isneginf() | uncond_logits.isneginf(), -torch.inf)
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+def gumbel_argmax(
+    logits: torch.Tensor,
+    temperature: float,
+    generator: Generators,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """argmax(logits + T * Gumbel) in float64 (LLaDA's form: exp(l) / (-log u)^T); T = 0: argmax.
+    `rows`: with per-row generators, the rows that draw (see `uniform`).
 
     float64 because low-precision Gumbel noise measurably degrades masked-diffusion samples."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.to(torch.float64)
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
+    u = uniform(logits.shape, generator, logits.device, rows)
     u = u.clamp_min(torch.finfo(torch.float64).tiny)
     return (logits.exp() / (-torch.log(u)) ** temperature).argmax(-1)
 
@@ -100,6 +157,32 @@ def block_schedule(
     return num_blocks, steps // num_blocks
 
 
+def candidates(view: torch.Tensor, mask_id: int, block_end: int) -> torch.Tensor:
+    """[B, n] the positions a step may reveal: masked, before `block_end` (an index into
+    `view`). The logits a reveal step needs are those of these positions only."""
+    select = view == mask_id
+    select[:, block_end:] = False
+    return select
+
+
+def gumbel_from_uniform(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`gumbel_argmax` with its uniforms `u` (same shape as `logits`) drawn by the caller."""
+    u = u.clamp_min(torch.finfo(torch.float64).tiny)
+    return (logits.to(torch.float64).exp() / (-torch.log(u)) ** temperature).argmax(-1)
+
+
+def top_k_rows(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[B, n] bool: the `k[b]` highest `scores[b]` of every row, in one `topk` for the batch
+    (the largest k, then each row keeps its first k[b] picks; equals a per-row `topk(k[b])`)."""
+    reveal = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    kmax = int(k.max()) if k.numel() else 0
+    if kmax == 0:
+        return reveal
+    picks = scores.topk(kmax, dim=1).indices
+    keep = torch.arange(kmax, device=scores.device)[None, :] < k[:, None].to(scores.device)
+    return reveal.scatter_(1, picks, keep)
+
+
 def reveal_step(
     view: torch.Tensor,
     logits: torch.Tensor,
@@ -108,43 +191,46 @@ def reveal_step(
     block_end: int,
     temperature: float,
     remasking: str,
-    generator: torch.Generator | None,
+    generator: Generators,
     threshold: float | None = None,
 ) -> torch.Tensor:
-    """One denoising step over `view` [B, n] (the positions `logits` [B, n, V] cover): predict
-    every masked position (Gumbel-max at `temperature`), then reveal per row the `counts[row]`
-    masked positions before `block_end` (an index into `view`) of highest confidence:
-    `low_confidence` ranks by the float64 softmax probability of the predicted token, `random`
-    by uniform draws. With a `threshold`, a row reveals max(count, positions above the threshold,
-    1), never more than it has masked (Fast-dLLM's rule). Returns the new view."""
-    masked = view == mask_id
-    x0 = gumbel_argmax(logits, temperature, generator)
+    """One denoising step over `view` [B, n]. `logits` [N, V] are those of its `candidates`
+    (masked positions before `block_end`), row-major. Predict each candidate (Gumbel-max at
+    `temperature`), then reveal per row the `counts[row]` candidates of highest confidence:
+    `low_confidence` ranks by the float64 softmax probability of the predicted token (computed
+    on the candidate rows only), `random` by uniform draws. With a `threshold`, a row reveals
+    max(count, candidates above the threshold, 1), never more than it has (Fast-dLLM's rule).
+    Random draws keep the shapes of a full [B, n, V] pass (the same numbers as LLaDA's loop);
+    with per-row generators a row without candidates draws nothing. Returns the new view."""
+    select = candidates(view, mask_id, block_end)
+    active = select.any(1)
+    if temperature == 0:
+        picked = logits.argmax(-1)
+    else:
+        shape = (*view.shape, logits.shape[-1])
+        u = uniform(shape, generator, view.device, active)[select]
+        picked = gumbel_from_uniform(logits, u, temperature)
     if remasking == "low_confidence":
         probs = torch.softmax(logits.to(torch.float64), dim=-1)
-        confidence = probs.gather(-1, x0[..., None])[..., 0]
+        confidence = torch.full(view.shape, -torch.inf, dtype=torch.float64, device=view.device)
+        confidence[select] = probs.gather(-1, picked[:, None])[:, 0]
     else:
-        confidence = torch.rand(
-            view.shape, generator=generator, dtype=torch.float64, device=view.device
-        )
-    confidence[:, block_end:] = -torch.inf  # never reveal past the current block
-    confidence = torch.where(masked, confidence, -torch.inf)
-    x0 = torch.where(masked, x0, view)
-    reveal = torch.zeros_like(masked)
-    for row in range(view.shape[0]):
-        k = int(counts[row])
-        if threshold is not None:
-            confident = int((confidence[row] > threshold).sum())
-            remaining = int(torch.isfinite(confidence[row]).sum())
-            k = min(max(k, confident, 1), remaining)
-        if k:
-            reveal[row, torch.topk(confidence[row], k).indices] = True
-    return torch.where(reveal, x0, view)
+        confidence = uniform(view.shape, generator, view.device, active)
+        confidence = confidence.masked_fill(~select, -torch.inf)
+    x0 = view.clone()
+    x0[select] = picked
+    k = counts.to(view.device)
+    if threshold is not None:
+        confident = (confidence > threshold).sum(1)
+        k = torch.minimum(torch.maximum(k, confident).clamp_min(1), select.sum(1))
+    return torch.where(top_k_rows(confidence, k), x0, view)
 
 
 class FullLogits:
     """Block logits without a cache: the whole sequence (with guidance) at every step.
-    `__call__(x, step)` -> (first position covered = 0, logits [B, L, V]), as the cached
-    `fast_sampling.BlockLogits`; counts model calls and positions run."""
+    `__call__(x, step, select)` -> (first and end position covered = 0 and L, logits [N, V] of
+    the `select`ed positions), as the cached `fast_sampling.BlockLogits`; counts model calls and
+    positions run."""
 
     def __init__(self, model_fn: ModelFn, prompt_index: torch.Tensor, cfg: float, mask_id: int):
         self.model_fn, self.prompt_index, self.cfg, self.mask_id = (
@@ -156,20 +242,28 @@ class FullLogits:
         self.calls = 0
         self.positions = 0
 
-    def __call__(self, x: torch.Tensor, step: int) -> tuple[int, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, step: int, select: torch.Tensor
+    ) -> tuple[int, int, torch.Tensor]:
         self.calls += 1
         self.positions += x.shape[1]
-        return 0, guided_logits(self.model_fn, x, self.prompt_index, self.cfg, self.mask_id)
+        logits = guided_logits_at(
+            self.model_fn, x, select, self.prompt_index, self.cfg, self.mask_id
+        )
+        return 0, x.shape[1], logits
 
 
 class StepLogits(Protocol):
     """What `block_sample` asks of one block's logits (`FullLogits`, `fast_sampling.BlockLogits`):
-    `(x, step) -> (first position covered, logits)`, and counts of model calls and positions."""
+    `(x, step, select) -> (first position covered, end of the covered positions, logits [N, V]
+    of the positions `select` [B, L] marks)`, and counts of model calls and positions."""
 
     calls: int
     positions: int
 
-    def __call__(self, x: torch.Tensor, step: int) -> tuple[int, torch.Tensor]: ...
+    def __call__(
+        self, x: torch.Tensor, step: int, select: torch.Tensor
+    ) -> tuple[int, int, torch.Tensor]: ...
 
 
 # (prompt_index, block start, block end) -> the block's StepLogits
@@ -184,7 +278,7 @@ def block_sample(
     block_length: int,
     temperature: float,
     remasking: str,
-    generator: torch.Generator | None,
+    generator: Generators,
     block_logits: BlockLogitsFactory,
     threshold: float | None = None,
     stats: dict | None = None,
@@ -210,8 +304,7 @@ def block_sample(
         for i in range(steps_per_block):
             if stop_when_done and not bool((x[:, start:end] == mask_id).any()):
                 break
-            lo, logits = logits_of(x, i)
-            hi = lo + logits.shape[1]
+            lo, hi, logits = logits_of(x, i, candidates(x, mask_id, end))
             x[:, lo:hi] = reveal_step(
                 x[:, lo:hi],
                 logits,
@@ -242,7 +335,7 @@ def llada_sample(
     temperature: float = 0.0,
     remasking: str = "low_confidence",
     cfg: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     stats: dict | None = None,
 ) -> torch.Tensor:
     """prompt [B, P] -> [B, P + gen_length] with every generated position revealed: the block
@@ -274,7 +367,7 @@ def mdlm_sample(
     steps: int = 128,
     eps: float = 1e-5,
     cache: bool = True,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     stats: dict | None = None,
 ) -> torch.Tensor:
     """MDLM ancestral sampling from t = 1 to eps; the last step reveals whatever is left.
@@ -283,21 +376,25 @@ def mdlm_sample(
     `cache=False` return the same tokens; `stats["model_calls"]` counts the forward passes."""
     x = masked_canvas(prompt, gen_length, mask_id)
     times = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
-    probs = None
+    probs = None  # [N, V] of the masked positions, row-major
     calls = 0
     for i in range(steps):
         t, s = times[i].item(), times[i + 1].item()
-        if probs is None or not cache:
-            probs = torch.softmax(model_fn(x).to(torch.float64), dim=-1)
-            calls += 1
-        u_reveal = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-        u_token = torch.rand(probs.shape, generator=generator, dtype=torch.float64, device=x.device)
-        sampled = (probs.log() - torch.log(-torch.log(u_token.clamp_min(1e-300)))).argmax(-1)
         masked = x == mask_id
+        if probs is None or not cache:
+            # the output layer and the float64 softmax run on the masked positions only
+            probs = torch.softmax(logits_at(model_fn, x, masked).to(torch.float64), dim=-1)
+            calls += 1
+        # the draws keep the shapes of a full [B, L, V] pass, so seeded samples do not change
+        u_reveal = uniform(x.shape, generator, x.device)
+        u_token = uniform((*x.shape, probs.shape[-1]), generator, x.device)[masked]
+        sampled = (probs.log() - torch.log(-torch.log(u_token.clamp_min(1e-300)))).argmax(-1)
         reveal_prob = 1.0 if i == steps - 1 else (t - s) / t
         reveal = masked & (u_reveal < reveal_prob)
         if reveal.any():
-            x = torch.where(reveal, sampled, x)
+            proposal = x.clone()
+            proposal[masked] = sampled
+            x = torch.where(reveal, proposal, x)
             probs = None  # the input changed: the next step needs a fresh forward pass
     if stats is not None:
         stats["model_calls"] = calls

@@ -105,6 +105,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     gsm.add_argument("--seed", type=int, default=0)
     gsm.add_argument(
+        "--batch-size", type=int, default=8, help="problems generated per batch (same answers)"
+    )
+    gsm.add_argument(
         "--output", default="gsm8k_generations.jsonl", help="one JSON line per problem"
     )
     gsm.add_argument("--summary", help="write the accuracy figures as JSON here")
@@ -282,6 +285,7 @@ def _gsm8k(args) -> int:
             DEFAULT_ANSWER_GEN_LENGTH if args.answer_gen_length is None else args.answer_gen_length
         ),
         answer_steps=args.answer_steps,
+        batch_size=args.batch_size,
     )
     write_jsonl_atomic(args.output, rows)
     summary["generations"] = str(args.output)

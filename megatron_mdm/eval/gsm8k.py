@@ -27,12 +27,11 @@ import json
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from functools import partial
 from pathlib import Path
 
 from megatron_mdm.data.sft import gsm8k_answer_prompt_ids, gsm8k_question_prompt
 from megatron_mdm.eval.errors import EvalError
-from megatron_mdm.inference.generate import complete, generate_ids
+from megatron_mdm.inference.batching import generate_many
 from megatron_mdm.inference.sampling_config import SamplingConfig
 from megatron_mdm.utils import MDMError, atomic_write_text, stable_seed
 
@@ -42,6 +41,8 @@ DEFAULT_ANSWER_GEN_LENGTH = 32  # " #### 1,234,567" is 15 bytes: room for any GS
 
 # (prompt ids, sampling config, seed) -> generated ids cut at the first EOS
 GenerateIds = Callable[[list[int], SamplingConfig, int], list[int]]
+# (prompts' ids, sampling config, one seed per prompt) -> each one's generated ids cut at EOS
+GenerateBatch = Callable[[list[list[int]], SamplingConfig, list[int]], list[list[int]]]
 _NUMBER = re.compile(r"-?[$]?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -144,21 +145,71 @@ def solve_two_stage(
     :func:`gsm8k_answer_prompt_ids` of those and the stage-1 ids (already cut at EOS by
     `generate`). `generate` is the sampler (``generate_ids`` bound to a model).
     """
-    prompt = gsm8k_question_prompt(question)
-    prompt_ids = list(tokenizer.encode(prompt))
-    cot_ids = list(generate(prompt_ids, options, seeds[0]))
-    answer_prompt_ids = gsm8k_answer_prompt_ids(prompt_ids, cot_ids)
-    answer_ids = list(generate(answer_prompt_ids, answer_options, seeds[1]))
-    return {
-        "prompt": prompt,
-        "prompt_ids": prompt_ids,
-        "chain_of_thought": tokenizer.decode(cot_ids),
-        "chain_of_thought_ids": cot_ids,
-        "answer_prompt_ids": answer_prompt_ids,
-        "generation": tokenizer.decode(answer_ids),
-        "generation_ids": answer_ids,
-        "response": tokenizer.decode(cot_ids + answer_ids),
-    }
+
+    def one_by_one(prompts: list[list[int]], opts: SamplingConfig, seeds: list[int]):
+        return [list(generate(p, opts, s)) for p, s in zip(prompts, seeds)]
+
+    [row] = solve_two_stage_batch(
+        [question], tokenizer, one_by_one, options, answer_options, [seeds]
+    )
+    return row
+
+
+def solve_two_stage_batch(
+    questions: list[str],
+    tokenizer,
+    generate: GenerateBatch,
+    options: SamplingConfig,
+    answer_options: SamplingConfig,
+    seeds: list[tuple[int, int]],
+) -> list[dict]:
+    """`solve_two_stage` for several problems: stage 1 of all of them in one batched call of
+    `generate` (prompt ids, options, per-prompt seeds -> ids cut at EOS), then stage 2."""
+    prompts = [gsm8k_question_prompt(q) for q in questions]
+    prompt_ids = [list(tokenizer.encode(p)) for p in prompts]
+    cots = generate(prompt_ids, options, [s[0] for s in seeds])
+    answer_prompts = [gsm8k_answer_prompt_ids(p, list(c)) for p, c in zip(prompt_ids, cots)]
+    answers = generate(answer_prompts, answer_options, [s[1] for s in seeds])
+    rows = []
+    for prompt, ids, cot, answer_prompt, answer in zip(
+        prompts, prompt_ids, cots, answer_prompts, answers
+    ):
+        cot_ids, answer_ids = list(cot), list(answer)
+        rows.append(
+            {
+                "prompt": prompt,
+                "prompt_ids": ids,
+                "chain_of_thought": tokenizer.decode(cot_ids),
+                "chain_of_thought_ids": cot_ids,
+                "answer_prompt_ids": answer_prompt,
+                "generation": tokenizer.decode(answer_ids),
+                "generation_ids": answer_ids,
+                "response": tokenizer.decode(cot_ids + answer_ids),
+            }
+        )
+    return rows
+
+
+def _solve_batch(
+    model, problems: list[dict], options, answer_options, template, protocol, seeds, batch_size
+) -> list[tuple[dict, str]]:
+    """(row, graded text) of each problem, the problems generated in batches of batch_size."""
+
+    def generate(prompts: list[list[int]], opts: SamplingConfig, row_seeds: list[int]):
+        done = generate_many(model, prompts, opts, batch_size, row_seeds)
+        return [c.ids for c in done]
+
+    questions = [p["question"] for p in problems]
+    if protocol == "two_stage":
+        rows = solve_two_stage_batch(
+            questions, model.tokenizer, generate, options, answer_options, seeds
+        )
+        return [(row, row["response"]) for row in rows]
+    prompts = [template.replace("{question}", q) for q in questions]
+    ids = [list(model.tokenizer.encode(p)) for p in prompts]
+    out = generate(ids, options, [s[0] for s in seeds])
+    texts = [model.tokenizer.decode(g) for g in out]
+    return [({"prompt": p, "generation": t}, t) for p, t in zip(prompts, texts)]
 
 
 def evaluate_gsm8k(
@@ -171,51 +222,57 @@ def evaluate_gsm8k(
     protocol: str = "single",
     answer_gen_length: int = DEFAULT_ANSWER_GEN_LENGTH,
     answer_steps: int | None = None,
+    batch_size: int = 8,
 ) -> tuple[dict, list[dict]]:
     """(summary, one row per problem). Each problem's sampling seed is keyed by its index (stage
-    1 of `two_stage` uses the `single` seed, so both protocols share the first generation)."""
+    1 of `two_stage` uses the `single` seed, so both protocols share the first generation).
+    Problems are generated `batch_size` at a time (`inference.batching`: batch-invariant, so
+    the batch size changes no answer)."""
     from tqdm import tqdm
 
     if protocol not in PROTOCOLS:
         raise EvalError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if "{question}" not in template:
         raise EvalError(f"--prompt-template {template!r}: must contain {{question}}")
+    if batch_size < 1:
+        raise EvalError(f"--batch-size {batch_size}: must be >= 1")
     if answer_gen_length < 1 or (answer_steps is not None and answer_steps < 1):
         raise EvalError(
             f"--answer-gen-length {answer_gen_length} / --answer-steps {answer_steps}: must be >= 1"
         )
     answer_options = answer_stage_options(options, answer_gen_length, answer_steps)
     rows, correct, flexible = [], 0, 0
-    bar = tqdm(problems, desc=f"gsm8k ({protocol})", unit="problem", disable=not progress)
-    for i, problem in enumerate(bar):
-        seeds = stable_seed(seed, "gsm8k", i), stable_seed(seed, "gsm8k-answer", i)
+    bar = tqdm(
+        total=len(problems), desc=f"gsm8k ({protocol})", unit="problem", disable=not progress
+    )
+    for first in range(0, len(problems), batch_size):
+        chunk = problems[first : first + batch_size]
+        seeds = [
+            (stable_seed(seed, "gsm8k", i), stable_seed(seed, "gsm8k-answer", i))
+            for i in range(first, first + len(chunk))
+        ]
         try:
-            if protocol == "two_stage":
-                generate = partial(_generate_ids, model)
-                row = solve_two_stage(
-                    problem["question"], model.tokenizer, generate, options, answer_options, seeds
-                )
-                graded_text = row["response"]
-            else:
-                prompt = template.replace("{question}", problem["question"])
-                [generation] = complete(model, prompt, options.replace(seed=seeds[0]))
-                row = {"prompt": prompt, "generation": generation}
-                graded_text = generation
+            solved = _solve_batch(
+                model, chunk, options, answer_options, template, protocol, seeds, batch_size
+            )
         except MDMError as exc:
             raise EvalError(str(exc)) from None
-        graded = grade(graded_text, problem["target"])
-        correct += graded["correct"]
-        flexible += graded["correct_flexible"]
-        rows.append(
-            {
-                "index": i,
-                "question": problem["question"],
-                **row,
-                "target": problem["target"],
-                **graded,
-            }
-        )
-        bar.set_postfix(acc=f"{correct / (i + 1):.3f}")
+        for i, problem, (row, graded_text) in zip(range(first, len(problems)), chunk, solved):
+            graded = grade(graded_text, problem["target"])
+            correct += graded["correct"]
+            flexible += graded["correct_flexible"]
+            rows.append(
+                {
+                    "index": i,
+                    "question": problem["question"],
+                    **row,
+                    "target": problem["target"],
+                    **graded,
+                }
+            )
+        bar.update(len(chunk))
+        bar.set_postfix(acc=f"{correct / len(rows):.3f}")
+    bar.close()
     n = len(rows)
     summary = {
         "accuracy": correct / n,
@@ -231,8 +288,3 @@ def evaluate_gsm8k(
     else:
         summary["prompt_template"] = template
     return summary, rows
-
-
-def _generate_ids(model, prompt_ids: list[int], options: SamplingConfig, seed: int) -> list[int]:
-    [ids] = generate_ids(model, prompt_ids, options.replace(seed=seed))
-    return ids

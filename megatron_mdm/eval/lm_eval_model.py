@@ -14,7 +14,7 @@ Model arguments (`--model_args k=v,...`):
 - `estimator=mc|chain_rule|bernoulli`, `mc_num=128`, `mc_batch_size=32`, `cfg=0.0`, `seed=0`:
   `loglikelihood` through `eval.likelihood` (an MDM's score is an ELBO estimate, a lower bound on
   log p; with `cfg` > 0 a guided score that ranks choices, not a likelihood). lm-eval's own
-  `--batch_size` is accepted and not used: one request at a time, `mc_num / mc_batch_size`
+  `--batch_size` sets only `generate_until`'s batch: scoring takes one request at a time, `mc_num / mc_batch_size`
   forward passes of `mc_batch_size` masked copies each.
 - `greedy_check=false`: `is_greedy` (used by e.g. LAMBADA's accuracy) needs one extra greedy
   decoding per request for an MDM; off by default (then reported False). ARMs: always exact.
@@ -23,6 +23,8 @@ Model arguments (`--model_args k=v,...`):
   `threshold` (the fields of `inference.SamplingConfig`, with its defaults): for `generate_until`
   (`mdm generate`'s sampler; the task's `until` strings cut the text, its `max_gen_toks` is not
   used: `gen_length` decides; a task `temperature` overrides ours).
+- `gen_batch_size` (default: lm-eval's `--batch_size` when it is a number, else 8): prompts per
+  `generate_until` batch (batched generation is batch-invariant: the texts do not change).
 
 `loglikelihood_rolling` returns the ELBO of the whole text (windows of `max_length`, as
 `mdm eval ppl`): for an MDM a lower bound on the log-likelihood, so word/byte perplexities that
@@ -51,7 +53,7 @@ from megatron_mdm.eval.likelihood import (
     mdm_greedy_matches,
 )
 from megatron_mdm.eval.ppl import perplexity_bound
-from megatron_mdm.inference.generate import complete
+from megatron_mdm.inference.batching import complete_many
 from megatron_mdm.inference.loading import load_model, trained_seq_length
 from megatron_mdm.inference.sampling_config import SamplingConfig
 from megatron_mdm.parallel.distributed import prepare_accelerator
@@ -83,6 +85,25 @@ def sampling_config(cfg: float, seed: int, **given) -> SamplingConfig:
     return SamplingConfig(cfg=float(cfg), seed=int(seed), **values).validate()
 
 
+def generate_batch_size(gen_batch_size, batch_size) -> int:
+    """Prompts per `generate_until` batch: `gen_batch_size`, else lm-eval's `--batch_size` when
+    it is a number, else 8."""
+    for value in (gen_batch_size, batch_size):
+        if value is not None and str(value).isdigit() and int(value) >= 1:
+            return int(value)
+    if gen_batch_size is not None:
+        raise TypeError(f"gen_batch_size must be a positive integer, not {gen_batch_size!r}")
+    return 8
+
+
+def cut_at_stops(text: str, until: list[str]) -> str:
+    """`text` up to the first of the task's stop strings, in their order (lm-eval's rule)."""
+    for stop in until:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    return text
+
+
 class MDMEvalModel(LM):
     def __init__(
         self,
@@ -95,6 +116,7 @@ class MDMEvalModel(LM):
         seed: int = 0,
         greedy_check: bool = False,
         max_length: int | None = None,
+        gen_batch_size: int | None = None,
         batch_size=None,  # lm-eval's; see the module docstring
         max_batch_size=None,
         device=None,
@@ -113,6 +135,7 @@ class MDMEvalModel(LM):
         self.seed = int(seed)
         self.greedy_check = bool(greedy_check)
         self.options = sampling_config(cfg, seed, **sampling)
+        self.generate_batch_size = generate_batch_size(gen_batch_size, batch_size)
         self._device = self.model.device
 
     # -- scoring --------------------------------------------------------------------------------
@@ -194,8 +217,11 @@ class MDMEvalModel(LM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        results = []
-        for request in tqdm(requests, desc="generate_until", disable=disable_tqdm):
+        """Requests sharing sampler options are generated together, `batch_size` at a time
+        (`inference.batching`: each with its own seed, batch-invariant, so batching changes no
+        text)."""
+        jobs = []  # (options, context, until, seed) per request
+        for request in requests:
             context, gen_kwargs = request.args
             gen_kwargs = dict(gen_kwargs or {})
             until = gen_kwargs.get("until") or []
@@ -205,14 +231,29 @@ class MDMEvalModel(LM):
                 options = options.replace(temperature=float(gen_kwargs["temperature"]))
             if gen_kwargs.get("do_sample") is False:
                 options = options.replace(temperature=0.0)
-            options = options.replace(seed=stable_seed(self.seed, "generate", context))
-            [text] = complete(self.model, context, options)
-            for stop in until:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
-            results.append(text)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-        return results
+            jobs.append((options, context, until, stable_seed(self.seed, "generate", context)))
+        groups: dict[SamplingConfig, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job[0], []).append(i)
+        texts: list[str] = [""] * len(jobs)
+        bar = tqdm(total=len(jobs), desc="generate_until", disable=disable_tqdm)
+        for options, members in groups.items():
+            for first in range(0, len(members), self.generate_batch_size):
+                part = members[first : first + self.generate_batch_size]
+                done = complete_many(
+                    self.model,
+                    [jobs[i][1] for i in part],
+                    options,
+                    self.generate_batch_size,
+                    [jobs[i][3] for i in part],
+                )
+                for i, text in zip(part, done):
+                    texts[i] = cut_at_stops(text, jobs[i][2])
+                bar.update(len(part))
+        bar.close()
+        for request, text in zip(requests, texts):
+            self.cache_hook.add_partial("generate_until", tuple(request.args), text)
+        return texts
 
     @property
     def tokenizer_name(self) -> str:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TextIO
 
 from megatron_mdm.inference.sampling_config import (
@@ -28,7 +30,7 @@ from megatron_mdm.inference.sampling_config import (
     SAMPLERS,
     SamplingConfig,
 )
-from megatron_mdm.utils import MDMError
+from megatron_mdm.utils import MDMError, one_line
 
 # flag -> SamplingConfig field, for every flag `add_sampling_arguments` defines
 _FIELDS = [f.name for f in dataclasses.fields(SamplingConfig)]
@@ -98,7 +100,20 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--hf", help="folder exported with `mdm convert export --format hf`, or its hub id"
     )
-    parser.add_argument("--prompt", help="text to complete (required unless --interactive)")
+    parser.add_argument(
+        "--prompt", help="text to complete (required unless --prompt-file or --interactive)"
+    )
+    parser.add_argument(
+        "--prompt-file",
+        help="one prompt per line; writes one JSON line per prompt (prompt, completion, tokens, "
+        "seconds) to stdout",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="--prompt-file: prompts per batch (equal-length prompts batch together)",
+    )
     parser.add_argument(
         "--interactive",
         action="store_true",
@@ -169,6 +184,36 @@ def _interactive(model, config: SamplingConfig) -> int:
     return 0
 
 
+def read_prompt_file(path: str) -> list[str]:
+    """The prompts of `path`, one per line (a trailing newline ends a line, it is not part of
+    the prompt); one-line MDMError for a file that cannot be read or holds no prompt."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MDMError(f"--prompt-file {path}: cannot be read ({one_line(str(exc))})") from None
+    prompts = text.splitlines()
+    if not prompts:
+        raise MDMError(f"--prompt-file {path}: no prompt (the file is empty)")
+    return prompts
+
+
+def _prompt_file(model, config: SamplingConfig, prompts: list[str], batch_size: int, out) -> int:
+    """One JSON line per prompt, in file order: prompt, completion (text), tokens (generated
+    token count, cut at EOS) and seconds (wall time of the batch that generated it)."""
+    from megatron_mdm.inference.batching import generate_many
+
+    encoded = [model.tokenizer.encode(p) for p in prompts]
+    for prompt, done in zip(prompts, generate_many(model, encoded, config, batch_size)):
+        row = {
+            "prompt": prompt,
+            "completion": model.tokenizer.decode(done.ids),
+            "tokens": len(done.ids),
+            "seconds": round(done.seconds, 6),
+        }
+        print(json.dumps(row, ensure_ascii=False), file=out, flush=True)
+    return 0
+
+
 def _error(message: str) -> int:
     print(f"mdm generate: error: {message}", file=sys.stderr)
     return 2
@@ -180,10 +225,23 @@ def run_generate_args(args: argparse.Namespace) -> int:
     from megatron_mdm.inference.loading import load_model
     from megatron_mdm.inference.sampling_config import pick_sampler
 
-    if args.prompt is None and not args.interactive:
-        return _error("--prompt is required (or --interactive)")
+    given = [name for name in ("prompt", "prompt_file") if getattr(args, name) is not None]
+    if args.interactive:
+        given.append("interactive")
+    if len(given) != 1:
+        return _error(
+            "--prompt is required: give exactly one of --prompt, --prompt-file, --interactive"
+        )
     if args.num_samples < 1:
         return _error(f"--num-samples must be positive, not {args.num_samples}")
+    if args.batch_size < 1:
+        return _error(f"--batch-size must be positive, not {args.batch_size}")
+    prompts = None
+    if args.prompt_file is not None:
+        try:
+            prompts = read_prompt_file(args.prompt_file)
+        except MDMError as exc:
+            return _error(str(exc))
     try:
         config = sampling_config_from_args(args)
         if args.hf:  # a hub id: its snapshot in the local cache
@@ -192,6 +250,8 @@ def run_generate_args(args: argparse.Namespace) -> int:
         config = config.replace(sampler=pick_sampler(config.sampler, model.objective))
         if args.interactive:
             return _interactive(model, config)
+        if prompts is not None:
+            return _prompt_file(model, config, prompts, args.batch_size, sys.stdout)
         texts = complete(model, args.prompt, config, args.num_samples)
     except MDMError as exc:
         return _error(str(exc))

@@ -17,7 +17,7 @@ import torch
 from megatron_mdm.diffusion.arm_sampling import arm_sample, arm_sample_kv
 from megatron_mdm.diffusion.block_sampling import block_diffusion_sample, steps_per_block
 from megatron_mdm.diffusion.fast_sampling import fast_sample
-from megatron_mdm.diffusion.sampling import block_schedule, mdlm_sample
+from megatron_mdm.diffusion.sampling import Generators, block_schedule, mdlm_sample
 from megatron_mdm.inference.loading import InferenceModel
 from megatron_mdm.inference.sampling_config import SamplingConfig, SamplingError, pick_sampler
 
@@ -59,16 +59,23 @@ def generate(
     prompt_ids: torch.Tensor,
     config: SamplingConfig,
     stats: dict | None = None,
+    row_seeds: list[int] | None = None,
 ) -> torch.Tensor:
     """Token ids [B, P] -> [B, P + n] (n = gen_length, or fewer for arm and block stopping at
-    EOS)."""
+    EOS). `row_seeds`: one generator per row seeded by it (a row then draws the same random
+    numbers alone and in any batch, `inference.batching`); default one generator for the batch
+    seeded by `config.seed`."""
     sampler = pick_sampler(config.sampler, model.objective)
     _check(config, sampler, model.block_size)
     c = config
     if sampler == "arm" and prompt_ids.shape[1] < 1:
         raise SamplingError("the arm sampler needs a prompt of at least one token")
     prompt_ids = prompt_ids.to(model.device)
-    generator = torch.Generator(device=model.device).manual_seed(c.seed)
+    generator: Generators = torch.Generator(device=model.device).manual_seed(c.seed)
+    if row_seeds is not None:
+        if len(row_seeds) != prompt_ids.shape[0]:
+            raise SamplingError(f"{len(row_seeds)} seeds for {prompt_ids.shape[0]} prompts")
+        generator = [torch.Generator(device=model.device).manual_seed(s) for s in row_seeds]
     if sampler == "arm":
         eos = model.eos_id if c.stop_at_eos else None
         if c.cache == "none":

@@ -52,6 +52,26 @@ from megatron_mdm.parallel.distributed import init_distributed
 from megatron_mdm.utils import MDMError, one_line
 
 
+class SelectiveModel:
+    """A `model_fn` (token ids [B, L] -> logits [B, L, V]) that can also run its output layer on
+    selected positions only: `at(x, select [B, L] bool) -> logits [N, V]`, row-major (what
+    `diffusion.sampling.logits_at` calls)."""
+
+    def __init__(self, model, device: torch.device, hf: bool):
+        self.model, self.device, self.hf = model, device, hf
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hf:
+            return self.model(input_ids=x.to(self.device)).logits
+        return self.model(x.to(self.device))
+
+    def at(self, x: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        x, select = x.to(self.device), select.to(self.device)
+        if self.hf:
+            return self.model(input_ids=x, output_positions=select).logits
+        return self.model(x, output_positions=select)
+
+
 class ModelLoadError(MDMError):
     """A model path that is not a checkpoint or an export: one line naming it."""
 
@@ -108,7 +128,7 @@ def from_training_checkpoint(path: str | Path) -> InferenceModel:
         return torch_model_from_canonical(canonical_now, shape, hf_meta).to(ctx.device)
 
     return InferenceModel(
-        model_fn=lambda x: model(x.to(ctx.device)),
+        model_fn=SelectiveModel(model, ctx.device, hf=False),
         tokenizer=tokenizer,
         mask_id=vocab.mask_id,
         eos_id=tokenizer.eos_id,
@@ -141,7 +161,7 @@ def from_training_checkpoint_torch(path: str | Path, objective: str | None = Non
     model = torch_model_from_canonical(layouts.canonicalize_names(canonical), shape, hf_meta)
     model = model.to(device)
     return InferenceModel(
-        model_fn=lambda x: model(input_ids=x.to(device)).logits,
+        model_fn=SelectiveModel(model, device, hf=True),
         tokenizer=tokenizer,
         mask_id=vocab.mask_id,
         eos_id=tokenizer.eos_id,
@@ -186,7 +206,7 @@ def from_hf_folder(path: str | Path) -> InferenceModel:
     tok = read_tokenizer(Path(path))
     tokenizer = build_tokenizer(tok["type"], tok.get("model"))
     return InferenceModel(
-        model_fn=lambda x: model(input_ids=x.to(device)).logits,
+        model_fn=SelectiveModel(model, device, hf=True),
         tokenizer=tokenizer,
         mask_id=model.config.mask_token_id,
         eos_id=tokenizer.eos_id,

@@ -61,6 +61,7 @@ class MaskedDiffusionLM(GPTModel):
         self.shift = shift
         self.ce_chunk_tokens = ce_chunk_tokens  # rows per chunk of the CE with labels; 0: whole
         self._noisy_length = None  # set while a [x_t; x_0] forward runs: L of the x_t half
+        self._output_positions = None  # set while a forward runs for selected logits only
         if self.post_process:
             self.register_buffer("logit_bias", self._local_logit_bias(vocab), persistent=False)
             # same parameters and state; its forward can also return the CE of selected rows
@@ -86,9 +87,13 @@ class MaskedDiffusionLM(GPTModel):
         clean_input_ids=None,
         block_size: int | None = None,
         lookahead: int | None = None,
+        output_positions=None,
         **kwargs,
     ):
         """Logits [batch, seq, local vocab] on the last stage, hidden states elsewhere.
+
+        `output_positions` [batch, seq] (bool; inference, no sequence parallelism): the output
+        layer runs on those positions only, and the logits are [N, local vocab], row-major.
 
         `clean_input_ids` [batch, L] (block objective, training): x_0 beside `input_ids` = x_t;
         the logits then cover x_t only. `block_size` overrides the model's (a schedule).
@@ -114,16 +119,23 @@ class MaskedDiffusionLM(GPTModel):
             seq = input_ids.shape[1]
             position_ids = torch.arange(seq, device=input_ids.device).unsqueeze(0)
             position_ids = position_ids.expand(input_ids.shape[0], -1)
+        if output_positions is not None and (
+            noisy_length is not None or self.config.sequence_parallel
+        ):
+            raise ValueError("output_positions needs one copy and no sequence parallelism")
         self._noisy_length = noisy_length
+        self._output_positions = output_positions
         try:
             out = super().forward(input_ids, position_ids, attention_mask, **kwargs)
         finally:
-            self._noisy_length = None
+            self._noisy_length = self._output_positions = None
         if not self.post_process or kwargs.get("labels") is not None:
             return out
         if noisy_length is not None:
             out = out[:, :noisy_length]  # a no-op unless sequence parallelism kept x_0's logits
-        if self.shift:
+        if output_positions is not None:
+            out = out[0]  # [1, N, V] -> [N, V] (shifted before the rows were selected)
+        elif self.shift:
             out = shift_logits(out)
         return out + self.logit_bias.to(out.dtype)
 
@@ -143,4 +155,10 @@ class MaskedDiffusionLM(GPTModel):
             return row_losses(self, hidden_states, kwargs["labels"], kwargs["loss_mask"], length)
         if length is not None and self.post_process and not self.config.sequence_parallel:
             hidden_states = hidden_states[:length]
+        rows = self._output_positions
+        if rows is not None and self.post_process:  # [s, b, h] -> the selected rows [N, 1, h]
+            if self.shift:  # position i reads output i - 1 (the output layer is row-wise)
+                hidden_states = torch.cat([hidden_states[:1], hidden_states[:-1]])
+            hidden_states = hidden_states.transpose(0, 1)[rows.to(hidden_states.device)]
+            hidden_states = hidden_states.unsqueeze(1)
         return super()._postprocess(hidden_states=hidden_states, **kwargs)

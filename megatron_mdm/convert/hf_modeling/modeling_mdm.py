@@ -432,9 +432,13 @@ class MDMForMaskedLM(MDMPreTrainedModel):
         replace_at: int | None = None,
         use_cache: bool | None = None,
         clean_input_ids: torch.LongTensor | None = None,
+        output_positions: torch.Tensor | None = None,
         **kwargs,
     ):
-        """`labels` [B, L]: plain cross-entropy over positions where labels != -100, with no shift
+        """`output_positions` [B, n] (bool, over the positions the logits would cover): the
+        output layer runs on those positions only and the logits are [N, V], row-major (a
+        sampler needs the logits of the positions it may reveal, not all of them).
+        `labels` [B, L]: plain cross-entropy over positions where labels != -100, with no shift
         (for ARM pass labels already aligned to the next token). This is a convenience for
         fine-tuning tools, not the diffusion loss: that one weights each masked token by 1/t and
         needs the masking ratio, which only the caller knows. The cache arguments are
@@ -453,9 +457,13 @@ class MDMForMaskedLM(MDMPreTrainedModel):
         hidden = body.last_hidden_state
         if clean_input_ids is not None:
             hidden = hidden[:, : input_ids.shape[1]]
+        if getattr(self.config, "shift", False):  # position i reads output i - 1 (row-wise head)
+            hidden = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
+        if output_positions is not None:
+            if labels is not None:
+                raise ValueError("output_positions and labels cannot be combined")
+            hidden = hidden[output_positions.to(hidden.device)]
         logits = self.lm_head(hidden).float()
-        if getattr(self.config, "shift", False):
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         invalid = self.config.invalid_output_ids
         if invalid:
             ids = torch.tensor(invalid, dtype=torch.long, device=logits.device)
