@@ -128,10 +128,12 @@ def test_cached_fast_sampler_reads_the_previous_position(cache):
     with torch.no_grad():
         full = model(input_ids=x).logits
         block = BlockLogits(model, cache, prompt_index, 0.0, 36, start, end)
-        block(x, 0)
-        lo, logits = block(x, 1)
+        select = torch.zeros_like(x, dtype=torch.bool)
+        select[:, start:end] = True  # the block's rows only
+        block(x, 0, select)
+        lo, _, logits = block(x, 1, select)
     assert lo == start - 1
-    got = logits[:, start - lo : end - lo, :36]  # [MASK] (36) is -inf in both
+    got = logits.view(2, end - start, -1)[..., :36]  # [MASK] (36) is -inf in both
     assert (got - full[:, start:end, :36]).abs().max().item() < 1e-5
 
 
