@@ -158,8 +158,10 @@ def test_vectorised_top_k_equals_per_row_top_k():
     assert not top_k_rows(scores, torch.zeros(6, dtype=torch.long)).any()
 
 
-def test_output_positions_are_the_selected_rows_of_the_full_logits():
-    model = tiny_model(tiny_config())
+@pytest.mark.parametrize("shift", [False, True])
+def test_output_positions_are_the_selected_rows_of_the_full_logits(shift):
+    """Also for a shifted model (design §13.4): the rows are those of the shifted logits."""
+    model = tiny_model(tiny_config(shift=shift))
     x = masked_canvas(PROMPT, 6, MASK)
     select = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.4
     with torch.no_grad():
@@ -169,16 +171,18 @@ def test_output_positions_are_the_selected_rows_of_the_full_logits():
     torch.testing.assert_close(rows, every[select], rtol=0, atol=1e-5)
 
 
-def test_megatron_model_output_positions_are_the_selected_rows(single_rank_world):
+@pytest.mark.parametrize("shift", [False, True])
+def test_megatron_model_output_positions_are_the_selected_rows(single_rank_world, shift):
     """`--ckpt` models (megatron-core's GPTModel) gather the selected hidden states before the
-    output layer: the logits equal the full pass's rows, with [MASK]/padding still -inf."""
+    output layer: the logits equal the full pass's rows, with [MASK]/padding still -inf (for a
+    shifted model, the shifted full pass's rows)."""
     from helpers import TINY_MODEL
 
     from megatron_mdm.config import load_config
     from megatron_mdm.model.builder import build_model
     from megatron_mdm.model.vocab import VocabLayout
 
-    cfg = load_config(None, [*TINY_MODEL, "model.objective=mdm"])
+    cfg = load_config(None, [*TINY_MODEL, "model.objective=mdm", f"diffusion.shift={shift}"])
     vocab = VocabLayout.build(100, None, 64, 1)
     model = build_model(cfg, vocab, on_gpu=False).eval()
     x = torch.randint(0, 100, (3, 16), generator=torch.Generator().manual_seed(0))
