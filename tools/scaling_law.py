@@ -9,8 +9,10 @@
     python tools/scaling_law.py fit RESULTS.csv [--plot OUT.png]
 
 `fit` prints a summary, then as its last line one JSON object
-{"mdm": {"a": .., "alpha": ..}, "arm": {...}, "compute_multiple": ..} (see
-megatron_mdm/scaling/fit.py for the definitions). Bad input: one line, exit 2.
+{"mdm": {"a": .., "alpha": .., "size_exponent": .., "alpha_ci": [lo, hi],
+"size_exponent_ci": [..]}, "arm": {...}, "compute_multiple": .., "compute_multiple_ci": [..],
+"bootstrap": {...}} (see megatron_mdm/scaling/fit.py and bootstrap.py for the definitions;
+`--bootstrap 0` leaves the intervals out). Bad input: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -204,14 +206,25 @@ def cmd_fit(args) -> int:
     from megatron_mdm.scaling.results import read_results
 
     fit = fit_results(read_results(args.results))
-    for line in summary_lines(fit):
+    lines, result = summary_lines(fit), result_json(fit)
+    if args.bootstrap:
+        from megatron_mdm.scaling.bootstrap import bootstrap_fit, bootstrap_json, bootstrap_lines
+
+        boot = bootstrap_fit(fit, replicates=args.bootstrap, seed=args.seed, level=args.level)
+        lines += bootstrap_lines(fit, boot)
+        for key, value in bootstrap_json(boot).items():
+            if key in fit.objectives:
+                result[key].update(value)
+            else:
+                result[key] = value
+    for line in lines:
         print(line)
     if args.plot:
         from megatron_mdm.scaling.plot import plot_fit
 
         plot_fit(fit, args.plot, title=args.title)
         print(f"plot: {args.plot}")
-    print(json.dumps(result_json(fit)))
+    print(json.dumps(result))
     return 0
 
 
@@ -291,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="CSV with header objective,params,tokens,flops,loss")
     p.add_argument("--plot", metavar="OUT.png", help="write the IsoFLOP curves and fits")
     p.add_argument("--title", help="figure title")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="residual-bootstrap replicates for the confidence intervals (0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     p.set_defaults(func=cmd_fit)
     return parser
 
