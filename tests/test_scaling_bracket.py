@@ -151,3 +151,19 @@ def test_extend_sweep_plans_requested_sizes_outside_the_window(tmp_path):
     assert json.loads((tmp_path / "sw" / "manifest.json").read_text())["runs"][-1]["size"] == (
         "1x12x1"
     )
+
+
+def test_bad_rounds_arguments_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import ROOT, subprocess_env
+
+    for flag, value in (("--rounds", "-1"), ("--extend-by", "0")):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "scaling_law.py"), "sweep", "--budgets", "1e11",
+             "--out", str(tmp_path / "x"), flag, value],
+            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert flag in proc.stderr and not (tmp_path / "x").exists()
