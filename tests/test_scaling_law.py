@@ -97,7 +97,7 @@ def test_fit_recovers_the_exponent_of_chinchilla_form_data(tmp_path):
     sizes = np.geomspace(1e7, 1e10, 25)
     path = write_csv(tmp_path / "r.csv", chinchilla_rows(budgets, sizes))
     out = last_json(tool("fit", path))
-    assert set(out) == {"arm"}
+    assert set(out) == {"arm", "bootstrap"}  # the intervals' settings (fit --bootstrap)
     expected = EXP_A * EXP_B / (EXP_A + EXP_B)  # 0.1535
     assert out["arm"]["alpha"] == pytest.approx(expected, rel=0.01)
     # The law must also reproduce the true optimal losses, not just their slope.
@@ -127,8 +127,9 @@ def test_compute_multiple_on_constructed_laws(tmp_path):
     rows = parabola_rows("arm", arm_a, alpha, budgets)
     rows += parabola_rows("mdm", arm_a * 16**alpha, alpha, budgets)
     out = last_json(tool("fit", write_csv(tmp_path / "r.csv", rows)))
-    assert set(out) == {"mdm", "arm", "compute_multiple"}
+    assert set(out) == {"mdm", "arm", "compute_multiple", "compute_multiple_ci", "bootstrap"}
     assert out["compute_multiple"] == pytest.approx(16.0, rel=1e-6)
+    assert out["compute_multiple_ci"] == pytest.approx([16.0, 16.0], rel=1e-6)  # exact data
 
 
 def test_compute_multiple_with_different_exponents(tmp_path):
@@ -167,7 +168,7 @@ def test_minimum_outside_the_sampled_sizes_is_clamped_and_reported(tmp_path):
     assert "clamped" in proc.stdout
     fit = fit_results([Result(*r) for r in rows]).objectives["mdm"]
     assert all(c.clamped and c.n_opt == pytest.approx(1e5) for c in fit.curves)
-    assert set(out) == {"mdm"}
+    assert set(out) == {"mdm", "bootstrap"}
 
 
 def test_plot_writes_a_png(tmp_path):

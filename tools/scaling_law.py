@@ -2,14 +2,17 @@
 
     python tools/scaling_law.py sweep --budgets 1e11 3e11 1e12 --out runs/isoflop \\
         [--sizes 1x32x2,2x64x4,... | --family smdm --sizes 6M,19M,34M] [--objectives mdm,arm] \\
-        [--seq-length 128] [--global-batch 16] [--override data.text_file=... ...]
+        [--seq-length 128] [--global-batch 16] [--override data.text_file=... ...] \\
+        [--rounds 3 [--ladder 1x8x1,...] [--extend-by 2]]   # train + bracket the minima here
     python tools/scaling_law.py run runs/isoflop [--slurm]   # locally, or a Slurm array script
     python tools/scaling_law.py collect runs/isoflop -o RESULTS.csv
     python tools/scaling_law.py fit RESULTS.csv [--plot OUT.png]
 
 `fit` prints a summary, then as its last line one JSON object
-{"mdm": {"a": .., "alpha": ..}, "arm": {...}, "compute_multiple": ..} (see
-megatron_mdm/scaling/fit.py for the definitions). Bad input: one line, exit 2.
+{"mdm": {"a": .., "alpha": .., "size_exponent": .., "alpha_ci": [lo, hi],
+"size_exponent_ci": [..]}, "arm": {...}, "compute_multiple": .., "compute_multiple_ci": [..],
+"bootstrap": {...}} (see megatron_mdm/scaling/fit.py and bootstrap.py for the definitions;
+`--bootstrap 0` leaves the intervals out). Bad input: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -46,6 +49,20 @@ def _budgets(values: list[str]) -> list[float]:
     return out
 
 
+def _ladder(args, sizes: list[str]) -> list[str]:
+    """The sizes --rounds may add: --ladder, else the family's table (TINY_LADDER, or the SMDM
+    family when --family smdm or any size is a member), plus the sweep's own sizes."""
+    from megatron_mdm.scaling.sweep import TINY_LADDER, parse_size
+
+    if args.ladder:
+        return _csv_list(args.ladder) + sizes
+    if args.family == "smdm" or any(parse_size(s).smdm_member for s in sizes):
+        from megatron_mdm.model.families import FAMILY
+
+        return list(FAMILY) + sizes
+    return list(TINY_LADDER) + sizes
+
+
 def cmd_sweep(args) -> int:
     from megatron_mdm.scaling.sweep import TINY_FAMILY, SweepSpec, write_sweep
 
@@ -57,6 +74,10 @@ def cmd_sweep(args) -> int:
         sizes = list(FAMILY)
     else:
         sizes = list(TINY_FAMILY)
+    if args.rounds < 0 or args.extend_by < 1:
+        raise ScalingLawError(
+            f"--rounds must be >= 0 and --extend-by >= 1, got {args.rounds} and {args.extend_by}"
+        )
     spec = SweepSpec(
         budgets=_budgets(args.budgets),
         out_dir=args.out,
@@ -73,6 +94,8 @@ def cmd_sweep(args) -> int:
         min_steps=args.min_steps,
         tokens_per_param=tuple(args.tokens_per_param) if args.tokens_per_param else None,
     )
+    if args.rounds:
+        return _sweep_rounds(args, spec, _ladder(args, sizes))
     manifest = write_sweep(spec)
     print(f"{'run':<28} {'params':>12} {'steps':>8} {'tokens':>12} {'6ND/C - 1':>10}")
     for r in manifest.runs:
@@ -84,6 +107,39 @@ def cmd_sweep(args) -> int:
         print(f"skipped {s['objective']} {s['size']} at C={s['budget']:.3g}: {s['reason']}")
     print(f"wrote {len(manifest.runs)} configs and {manifest.path}")
     return 0
+
+
+def _sweep_rounds(args, spec, ladder: list[str]) -> int:
+    import signal
+
+    from tqdm import tqdm
+
+    from megatron_mdm.scaling.rounds import run_rounds
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # see cmd_run
+    report = run_rounds(
+        spec,
+        args.rounds,
+        ladder,
+        extend_by=args.extend_by,
+        progress=not args.no_progress,
+        echo=tqdm.write,
+    )
+    failed = sorted({o.run.name for o in report.outcomes if o.status == "failed"})
+    edges = report.on_edge
+    print(
+        f"{report.rounds} round(s), {len(report.manifest.runs)} runs in "
+        f"{report.manifest.path}; {len(report.decisions) - len(edges)} of "
+        f"{len(report.decisions)} IsoFLOP minima inside their sizes"
+    )
+    for d in edges:
+        print(
+            f"on the edge: {d.objective} C={d.budget:.3g} ({d.direction}"
+            f"{': ladder exhausted' if d.status == 'edge' else ': out of rounds'})"
+        )
+    for name in failed:
+        print(f"failed: {name}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_run(args) -> int:
@@ -150,14 +206,25 @@ def cmd_fit(args) -> int:
     from megatron_mdm.scaling.results import read_results
 
     fit = fit_results(read_results(args.results))
-    for line in summary_lines(fit):
+    lines, result = summary_lines(fit), result_json(fit)
+    if args.bootstrap:
+        from megatron_mdm.scaling.bootstrap import bootstrap_fit, bootstrap_json, bootstrap_lines
+
+        boot = bootstrap_fit(fit, replicates=args.bootstrap, seed=args.seed, level=args.level)
+        lines += bootstrap_lines(fit, boot)
+        for key, value in bootstrap_json(boot).items():
+            if key in fit.objectives:
+                result[key].update(value)
+            else:
+                result[key] = value
+    for line in lines:
         print(line)
     if args.plot:
         from megatron_mdm.scaling.plot import plot_fit
 
         plot_fit(fit, args.plot, title=args.title)
         print(f"plot: {args.plot}")
-    print(json.dumps(result_json(fit)))
+    print(json.dumps(result))
     return 0
 
 
@@ -198,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LO", "HI"),
         help="keep only runs with tokens/params in [LO, HI]: a size window per budget",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="train here too: up to N rounds of run + bracket the minima + add sizes "
+        "(0: only write the configs)",
+    )
+    p.add_argument(
+        "--ladder",
+        nargs="+",
+        help="sizes --rounds may add (default: the tiny ladder 1x6x1..4x128x8, or the SMDM family)",
+    )
+    p.add_argument(
+        "--extend-by", type=int, default=2, help="sizes added per round past an edge minimum"
+    )
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("run", help="train the unfinished runs here, or write a Slurm array")
@@ -221,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="CSV with header objective,params,tokens,flops,loss")
     p.add_argument("--plot", metavar="OUT.png", help="write the IsoFLOP curves and fits")
     p.add_argument("--title", help="figure title")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="residual-bootstrap replicates for the confidence intervals (0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     p.set_defaults(func=cmd_fit)
     return parser
 

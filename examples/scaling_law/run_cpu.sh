@@ -21,6 +21,7 @@ RESULTS=${RESULTS:-examples/scaling_law/results}
 BUDGETS=${BUDGETS:-"3e10 1e11 3e11"}
 SIZES=${SIZES:-"1x16x1,1x24x2,1x32x2,1x48x3,2x48x3,2x64x4"}
 TOKENS_PER_PARAM=${TOKENS_PER_PARAM:-"2.5 400"}
+ROUNDS=${ROUNDS:-3}   # train + bracket rounds (0: plan only, then `run` trains the plan as is)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 DATA_ARGS=()
@@ -39,18 +40,21 @@ TITLE=${TITLE:-"tiny MDM vs ARM, $CORPUS, CPU"}   # the plot's title
 # window around each budget's optimum: 4 sizes per budget). seq 128 x 8 sequences = 1024 tokens
 # per step: at these budgets loss is limited by optimizer steps, and bigger batches hand every
 # minimum to the smallest model. Validation: 16 batches of 8 (half the valid split). No
-# checkpoints (runs are short), no TensorBoard.
+# checkpoints (runs are short), no TensorBoard. With ROUNDS > 0 the sweep trains too: after each
+# round it fits every IsoFLOP parabola and, where the minimum is at the smallest or largest size,
+# adds the next two sizes of the ladder (1x6x1 ... 4x128x8) that way, up to ROUNDS rounds.
 # shellcheck disable=SC2086  # BUDGETS and TOKENS_PER_PARAM are lists
 "$PY" tools/scaling_law.py sweep --budgets $BUDGETS --sizes "$SIZES" --objectives mdm,arm \
     --tokens-per-param $TOKENS_PER_PARAM \
     --out "$OUT" --seq-length 128 --global-batch 8 --micro-batch 8 --eval-iters 16 \
     "${DATA_ARGS[@]}" \
     --override checkpoint.save_interval=0 --override checkpoint.save_at_end=false \
-    --override logging.tensorboard=false --override logging.progress=false
-
-start=$(date +%s)
-"$PY" tools/scaling_law.py run "$OUT"
-echo "sweep wall time: $(($(date +%s) - start)) s"
+    --override logging.tensorboard=false --override logging.progress=false \
+    --rounds "$ROUNDS"
+if [ "$ROUNDS" = 0 ]; then
+    "$PY" tools/scaling_law.py run "$OUT"
+fi
+echo "sweep wall time: $SECONDS s"
 
 mkdir -p "$RESULTS"
 "$PY" tools/scaling_law.py collect "$OUT" -o "$RESULTS/results.csv"

@@ -202,7 +202,10 @@ def fit_results(rows: list[Result]) -> ScalingFit:
 
 def result_json(fit: ScalingFit) -> dict:
     """The `fit` subcommand's last line."""
-    d: dict = {obj: {"a": f.law.a, "alpha": f.law.alpha} for obj, f in fit.objectives.items()}
+    d: dict = {
+        obj: {"a": f.law.a, "alpha": f.law.alpha, "size_exponent": -f.n_opt_law.alpha}
+        for obj, f in fit.objectives.items()
+    }
     if len(fit.objectives) == 2:
         d["compute_multiple"] = fit.compute_multiple
     return d

@@ -48,11 +48,14 @@ from megatron_mdm.utils import atomic_write_text
 
 __all__ = [
     "TINY_FAMILY",
+    "TINY_LADDER",
     "Manifest",
     "ModelSize",
     "PlannedRun",
     "SweepSpec",
     "load_manifest",
+    "extend_sweep",
+    "ladder_params",
     "parse_size",
     "plan_steps",
     "write_sweep",
@@ -74,6 +77,9 @@ TINY_FAMILY = (
     "2x96x6",
     "4x128x8",
 )
+# The sizes `--rounds` may add around TINY_FAMILY's when an IsoFLOP minimum lands on an edge:
+# smaller ones too, since at the smallest CPU budgets the optimum can sit below 4K parameters.
+TINY_LADDER = ("1x6x1", "1x8x1", "1x12x1", *TINY_FAMILY)
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,7 @@ class Manifest:
     tolerance: float
     runs: list[PlannedRun]
     skipped: list[dict] = field(default_factory=list)  # {objective, size, budget, reason}
+    spec: dict | None = None  # the SweepSpec it was planned from (for extending it)
     path: str = ""  # where it was read from / written to; not stored
 
     def save(self, path: str | Path) -> None:
@@ -195,6 +202,7 @@ def load_manifest(path: str | Path) -> Manifest:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         runs = [PlannedRun(**r) for r in d.pop("runs")]
+        d.setdefault("spec", None)  # manifests written before --rounds existed
         return Manifest(runs=runs, path=str(path), **d)
     except FileNotFoundError:
         raise ScalingLawError(f"{path}: manifest not found (run the sweep subcommand)") from None
@@ -276,6 +284,51 @@ def _finish(cfg: ExperimentConfig, steps: int, spec: SweepSpec, output_dir: Path
     validate(cfg)
 
 
+def _plan(
+    cfg: ExperimentConfig,
+    size: ModelSize,
+    objective: str,
+    budget: float,
+    spec: SweepSpec,
+    out: Path,
+    window: bool = True,
+) -> PlannedRun | dict:
+    """The run of one (objective, size, budget), its config written; or the skip record saying
+    why not. `window=False` ignores `tokens_per_param` (sizes the bracketing asked for)."""
+    params = non_embedding_params(cfg.model)
+    tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
+    steps, error = plan_steps(budget, params, tokens_per_step)
+    name = f"{objective}-{size.slug}-C{budget_label(budget)}"
+    reason = None
+    ratio = steps * tokens_per_step / params
+    lim = spec.tokens_per_param if window else None
+    if lim and not lim[0] <= ratio <= lim[1]:
+        reason = f"D/N = {ratio:.3g} outside [{lim[0]:g}, {lim[1]:g}]"
+    elif steps < spec.min_steps:
+        reason = f"{steps} steps < min_steps {spec.min_steps}"
+    elif error > spec.tolerance:
+        reason = f"6ND misses the budget by {100 * error:.1f}%"
+    if reason:
+        return {"objective": objective, "size": size.label, "budget": budget, "reason": reason}
+    run_dir = out / "runs" / name
+    _finish(cfg, steps, spec, run_dir)
+    config_path = out / "configs" / f"{name}.yaml"
+    dump_yaml(cfg, str(config_path))
+    tokens = steps * tokens_per_step
+    return PlannedRun(
+        name=name,
+        objective=objective,
+        size=size.label,
+        budget=float(budget),
+        params=params,
+        steps=steps,
+        tokens=tokens,
+        flops=6.0 * params * tokens,
+        config=str(config_path),
+        output_dir=str(run_dir),
+    )
+
+
 def write_sweep(spec: SweepSpec) -> Manifest:
     """Write `<out>/configs/<run>.yaml` for every run and `<out>/manifest.json`; return the
     manifest. Runs train into `<out>/runs/<run>/`."""
@@ -288,49 +341,9 @@ def write_sweep(spec: SweepSpec) -> Manifest:
     for objective in spec.objectives:
         for size in sizes:
             cfg = _size_config(size, objective, spec, out / "configs" / "base")
-            params = non_embedding_params(cfg.model)
-            tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
             for budget in sorted(spec.budgets):
-                steps, error = plan_steps(budget, params, tokens_per_step)
-                name = f"{objective}-{size.slug}-C{budget_label(budget)}"
-                reason = None
-                ratio = steps * tokens_per_step / params
-                window = spec.tokens_per_param
-                if window and not window[0] <= ratio <= window[1]:
-                    reason = f"D/N = {ratio:.3g} outside [{window[0]:g}, {window[1]:g}]"
-                elif steps < spec.min_steps:
-                    reason = f"{steps} steps < min_steps {spec.min_steps}"
-                elif error > spec.tolerance:
-                    reason = f"6ND misses the budget by {100 * error:.1f}%"
-                if reason:
-                    skipped.append(
-                        {
-                            "objective": objective,
-                            "size": size.label,
-                            "budget": budget,
-                            "reason": reason,
-                        }
-                    )
-                    continue
-                run_dir = out / "runs" / name
-                _finish(cfg, steps, spec, run_dir)
-                config_path = out / "configs" / f"{name}.yaml"
-                dump_yaml(cfg, str(config_path))
-                tokens = steps * tokens_per_step
-                runs.append(
-                    PlannedRun(
-                        name=name,
-                        objective=objective,
-                        size=size.label,
-                        budget=float(budget),
-                        params=params,
-                        steps=steps,
-                        tokens=tokens,
-                        flops=6.0 * params * tokens,
-                        config=str(config_path),
-                        output_dir=str(run_dir),
-                    )
-                )
+                planned = _plan(cfg, size, objective, budget, spec, out)
+                (runs if isinstance(planned, PlannedRun) else skipped).append(planned)
     if not runs:
         raise ScalingLawError("no (size, budget) pair fits: every run was skipped")
     manifest = Manifest(
@@ -340,6 +353,46 @@ def write_sweep(spec: SweepSpec) -> Manifest:
         tolerance=spec.tolerance,
         runs=runs,
         skipped=skipped,
+        spec=json.loads(json.dumps(asdict(spec))),  # as it reads back
     )
     manifest.save(out / MANIFEST_NAME)
     return manifest
+
+
+def ladder_params(spec: SweepSpec, labels: list[str]) -> list[tuple[str, int]]:
+    """[(label, non-embedding params)] of the ladder sizes, smallest first (MDM configs; the
+    count is the same for both objectives)."""
+    out = Path(spec.out_dir).resolve() / "configs" / "base"
+    sizes = {s.label: s for s in map(parse_size, labels)}  # canonical labels, deduplicated
+    counts = [
+        (s.label, non_embedding_params(_size_config(s, spec.objectives[0], spec, out).model))
+        for s in sizes.values()
+    ]
+    return sorted(counts, key=lambda item: item[1])
+
+
+def extend_sweep(
+    manifest: Manifest, spec: SweepSpec, requests: list[tuple[str, str, float]]
+) -> tuple[list[PlannedRun], list[dict]]:
+    """Plan the (objective, size, budget) runs the bracketing asked for, outside the
+    tokens-per-param window, append them to the manifest (saved) and return (new runs, new
+    skips). Runs already planned are not planned twice."""
+    out = Path(spec.out_dir).resolve()
+    have = {(r.objective, r.size, r.budget) for r in manifest.runs}
+    added: list[PlannedRun] = []
+    skipped: list[dict] = []
+    for objective, label, budget in requests:
+        size = parse_size(label)
+        if (objective, size.label, float(budget)) in have:
+            continue
+        cfg = _size_config(size, objective, spec, out / "configs" / "base")
+        planned = _plan(cfg, size, objective, float(budget), spec, out, window=False)
+        if isinstance(planned, PlannedRun):
+            added.append(planned)
+            have.add((objective, size.label, float(budget)))
+        else:
+            skipped.append(planned)
+    manifest.runs.extend(added)
+    manifest.skipped.extend(skipped)
+    manifest.save(manifest.path or out / MANIFEST_NAME)
+    return added, skipped
