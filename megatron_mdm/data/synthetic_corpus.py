@@ -15,7 +15,7 @@ import random
 import tempfile
 from pathlib import Path
 
-__all__ = ["generate_corpus", "write_corpus"]
+__all__ = ["generate_corpus", "vocabulary", "write_corpus"]
 
 ARTICLES = ("the", "a", "every", "one", "that", "this")
 
@@ -52,6 +52,10 @@ PREPOSITIONS = ("near", "under", "behind", "beside", "across", "over", "inside",
 TIMES = ("at dawn", "at night", "in the morning", "in winter", "after the rain", "one day")
 WH_WORDS = ("where", "why", "when", "how")
 SPEECH_VERBS = ("said", "asked", "whispered", "shouted", "replied")
+QUESTION_VERBS = ("go", "wait", "sing", "hide", "look")
+JOINERS = ("and", "but", "because", "so")
+# Words the templates write themselves ("an" replaces "a" before a vowel).
+TEMPLATE_WORDS = ("an", "did", "is")
 
 
 class _Grammar:
@@ -98,7 +102,7 @@ class _Grammar:
         return _cap(f"{self.pick(TIMES)}, {self.clause()}") + "."
 
     def compound(self) -> str:
-        joiner = self.pick(("and", "but", "because", "so"))
+        joiner = self.pick(JOINERS)
         return _cap(f"{self.clause()} {joiner} {self.clause()}") + "."
 
     def question(self) -> str:
@@ -106,7 +110,7 @@ class _Grammar:
             return (
                 _cap(
                     f"{self.pick(WH_WORDS)} did {self.noun_phrase()} "
-                    f"{self.pick(('go', 'wait', 'sing', 'hide', 'look'))}"
+                    f"{self.pick(QUESTION_VERBS)}"
                 )
                 + "?"
             )
@@ -126,6 +130,19 @@ class _Grammar:
         )
         fns, weights = zip(*templates, strict=True)
         return self.rng.choices(fns, weights=weights)[0]()
+
+
+_WORD_LISTS = (
+    ARTICLES, NOUNS, VERBS, INTRANSITIVE, ADJECTIVES, ADVERBS, PREPOSITIONS, TIMES, WH_WORDS,
+    SPEECH_VERBS, QUESTION_VERBS, JOINERS, TEMPLATE_WORDS,
+)  # fmt: skip
+
+
+def vocabulary() -> frozenset[str]:
+    """Every word the corpus can contain, lower case, without punctuation: the words of all the
+    grammar's lists (multi-word entries such as "at dawn" split into their words). A sample's
+    word is "of the corpus" when, lower-cased and stripped of punctuation, it is in this set."""
+    return frozenset(word for words in _WORD_LISTS for entry in words for word in entry.split())
 
 
 def _cap(s: str) -> str:
