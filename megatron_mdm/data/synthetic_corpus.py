@@ -108,10 +108,7 @@ class _Grammar:
     def question(self) -> str:
         if self.rng.random() < 0.5:
             return (
-                _cap(
-                    f"{self.pick(WH_WORDS)} did {self.noun_phrase()} "
-                    f"{self.pick(QUESTION_VERBS)}"
-                )
+                _cap(f"{self.pick(WH_WORDS)} did {self.noun_phrase()} {self.pick(QUESTION_VERBS)}")
                 + "?"
             )
         return _cap(f"is {self.noun_phrase()} {self.pick(ADJECTIVES)}") + "?"
