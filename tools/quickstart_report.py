@@ -1,13 +1,14 @@
 """What `make quickstart` shows after training: the samples, how many of their words are words of
 the synthetic corpus, and the loss curve as a text sparkline.
 
-    python tools/quickstart_report.py RUN_DIR SAMPLES.txt [--prompt TEXT]
+    python tools/quickstart_report.py RUN_DIR SAMPLES.txt [--prompt TEXT] [--lexicon small]
 
 SAMPLES.txt is what `mdm generate --num-samples N` printed (lines `[i] <prompt><completion>`).
 Only the completions count (the prompt is stripped when given): a completion's whitespace-
 separated words, lower-cased and stripped of surrounding punctuation, are looked up in the
-corpus generator's own word list (`megatron_mdm.data.synthetic_corpus.vocabulary`); a piece that
-is punctuation only is not a word. The loss curve is `RUN_DIR/metrics.jsonl`'s `loss` per
+corpus generator's own word list (`megatron_mdm.data.synthetic_corpus.vocabulary`) of the
+lexicon the run trained on (`data.synthetic` in the latest checkpoint's meta.yaml, unless
+`--lexicon` names one); a piece that is punctuation only is not a word. The loss curve is `RUN_DIR/metrics.jsonl`'s `loss` per
 logged step. Prints the samples, then one line `vocabulary match: 0.xx (N of M words)`, then
 the sparkline. Bad input: one line, exit 2.
 """
@@ -83,12 +84,27 @@ def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
     return curve
 
 
-def report(run_dir: Path, samples_file: Path, prompt: str) -> str:
+def run_lexicon(run_dir: Path) -> str:
+    """`data.synthetic` of the run's latest checkpoint (its meta.yaml config)."""
+    import yaml
+
+    latest = run_dir / "checkpoints" / "latest"
+    if not latest.is_file():
+        raise FileNotFoundError(f"{latest} does not exist (train first, or pass --lexicon)")
+    meta = latest.parent / latest.read_text().strip() / "meta.yaml"
+    data = (yaml.safe_load(meta.read_text()) or {}).get("config", {}).get("data", {})
+    if data.get("text_file") or data.get("blend"):
+        raise ValueError(f"{meta}: the run did not train on the synthetic corpus")
+    return data.get("synthetic", "standard")
+
+
+def report(run_dir: Path, samples_file: Path, prompt: str, lexicon: str | None = None) -> str:
     printed = samples_file.read_text(encoding="utf-8")
     texts = split_samples(printed, prompt)
     if not texts:
         raise ValueError(f"{samples_file}: no samples (lines starting with '[0] ')")
-    hits, total = vocabulary_match(texts, vocabulary())
+    words = vocabulary(lexicon or run_lexicon(run_dir))
+    hits, total = vocabulary_match(texts, words)
     fraction = hits / total if total else 0.0
     curve = loss_curve(run_dir)
     lines = [printed.rstrip("\n"), f"vocabulary match: {fraction:.2f} ({hits} of {total} words)"]
@@ -106,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="the training output_dir (metrics.jsonl)")
     parser.add_argument("samples", type=Path, help="what `mdm generate` printed")
     parser.add_argument("--prompt", default="", help="the prompt, stripped from each sample")
+    parser.add_argument(
+        "--lexicon", choices=["standard", "small"], help="default: the run's data.synthetic"
+    )
     args = parser.parse_args(argv)
     try:
-        print(report(args.run_dir, args.samples, args.prompt))
+        print(report(args.run_dir, args.samples, args.prompt, args.lexicon))
     except (OSError, ValueError) as exc:
         print(f"quickstart_report: error: {exc}", file=sys.stderr)
         return 2
