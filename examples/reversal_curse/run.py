@@ -1,18 +1,22 @@
-"""Reversal-curse experiment: an MDM and an ARM of the same size and compute, tested both ways.
+"""Reversal-curse experiment: an MDM and an ARM of the same size and compute, tested both ways,
+under two protocols.
 
-    python examples/reversal_curse/run.py [--quick | --smoke] [--out DIR] [--seed N]
+    python examples/reversal_curse/run.py [--quick | --smoke] [--protocol llada|berglund|both]
+                                          [--seeds 0,1,2 | --seed N] [--out DIR]
                                           [--tokenizer word|byte]
 
-1. `reversal_facts.build_dataset(seed)`: fictitious people in three subsets; writes
-   `OUT/train.txt` (one fact per line) and `OUT/dataset.json` (people, queries); a word-level
-   sentencepiece tokenizer of `train.txt` (default) goes to `OUT/tokenizer/`.
-2. `mdm train` twice on `train.txt` with identical overrides except `model.objective=mdm|arm`:
-   same model shape, seed, token stream, batch and steps (`OUT/mdm`, `OUT/arm`).
-3. `reversal_eval.py` on each checkpoint: exact-match accuracy of the "forward" queries (the
-   order each fact was trained in) and the "reverse" queries (the order never trained for that
-   person), and multiple-choice accuracy by likelihood.
-4. Prints a table and, as the last line, {"mdm_forward", "mdm_reverse", "arm_forward",
-   "arm_reverse"}; `OUT/results.json` holds the same plus per-subset accuracies.
+- `llada` (`protocol_facts.build_pair_dataset`): "<A> | <B>" facts trained whole; forward =
+  continue "<A> |"; reverse = MDM fills A in place before "| <B>", ARM continues "<B> |".
+- `berglund` (`reversal_facts.build_dataset`): each model is pretrained on paraphrases of other
+  people in both orders (`protocol_facts.build_pretrain_corpus`), then fine-tuned
+  (`train.init_from`) on one-direction facts; queries "<x> is" in the trained and the other order.
+
+For each protocol and seed (`OUT/<protocol>/seed<N>/`): the facts, a word-level sentencepiece
+tokenizer, `mdm train` per model with identical overrides except `model.objective=mdm|arm`, and
+`reversal_eval.py` on each checkpoint (exact match; Berglund also multiple choice by
+likelihood). Prints a table per run and, as the last line, one JSON object per protocol with
+the seeds and, per model and direction, the per-seed accuracies, their mean and std;
+`OUT/results.json` holds the same plus every accuracy.
 
 Training and evaluation run as subprocesses (one process each), so each gets a fresh
 torch.distributed world.
