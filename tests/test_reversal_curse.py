@@ -239,11 +239,18 @@ def test_run_smoke_prints_the_four_accuracies(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(last) == {"mdm_forward", "mdm_reverse", "arm_forward", "arm_reverse"}
-    assert all(0.0 <= v <= 1.0 for v in last.values())
-    assert (tmp_path / "mdm" / "checkpoints").is_dir() and (
-        tmp_path / "arm" / "checkpoints"
-    ).is_dir()
+    assert set(last) == {"llada", "berglund"}
+    for protocol in last.values():
+        assert protocol["seeds"] == [0]
+        keys = {f"{m}_{d}" for m in ("mdm", "arm") for d in ("forward", "reverse")}
+        assert set(protocol) == keys | {"seeds"}
+        for k in keys:
+            assert protocol[k]["std"] == 0.0 and 0.0 <= protocol[k]["mean"] <= 1.0
+    for protocol in ("llada", "berglund"):
+        for model in ("mdm", "arm"):
+            assert (tmp_path / protocol / "seed0" / model / "checkpoints").is_dir()
+    for model in ("mdm", "arm"):  # the Berglund protocol fine-tunes a pretrained model
+        assert (tmp_path / "berglund" / "seed0" / f"pretrain_{model}" / "checkpoints").is_dir()
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["summary"] == last
     # cfg.py reuses that MDM
@@ -274,3 +281,88 @@ def test_mdm_fill_with_guidance_never_samples_the_ids_the_model_excludes():
     answer = tok.encode(" the author of the notes")
     for cfg in (0.5, 1.0, 2.0):
         assert reversal_eval.mdm_fill(oracle, prompt, len(answer), MASK_ID, cfg=cfg) == answer
+
+
+# --- the LLaDA protocol (protocol_facts) and the Berglund protocol's pretraining corpus ---
+
+import protocol_facts  # noqa: E402
+
+
+class InfillOracle(Oracle):
+    """As `Oracle`, but a row with masks is matched on all its unmasked positions (a document
+    at least as long that agrees on them), so a masked span between prompt tokens is filled."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x == MASK_ID).any():
+            return super().__call__(x)
+        self.calls += 1
+        logits = torch.full((*x.shape, VOCAB), -10.0)
+        logits[..., MASK_ID:] = -torch.inf
+        for b, row in enumerate(x.tolist()):
+            keep = [i for i, t in enumerate(row) if t != MASK_ID]
+            doc = next(
+                (d for d in self.docs if len(d) >= len(row) and all(d[i] == row[i] for i in keep)),
+                None,
+            )
+            for i, token in enumerate((doc or [])[: len(row)]):
+                logits[b, i, token] = 10.0
+        return logits
+
+
+def test_pair_dataset_subsets_queries_and_no_leak():
+    data = protocol_facts.build_pair_dataset(seed=5, per_subset=6, both=4)
+    assert data == protocol_facts.build_pair_dataset(seed=5, per_subset=6, both=4)
+    assert data.train_documents != protocol_facts.build_pair_dataset(6, 6, 4).train_documents
+    pair = [p for p in data.people if p["subset"] == "pair"]
+    both = [p for p in data.people if p["subset"] == "both"]
+    assert len(pair) == 6 and len(both) == 4 and len(data.train_documents) == 6 + 2 * 4
+    docs = set(data.train_documents)
+    for p in pair:  # trained as "A | B" only
+        assert f"{p['name']} | {p['description']}" in docs
+        assert f"{p['description']} | {p['name']}" not in docs
+    for p in both:
+        assert {f"{p['name']} | {p['description']}", f"{p['description']} | {p['name']}"} <= docs
+    assert len(data.queries) == 12 and {q["direction"] for q in data.queries} == {
+        "forward",
+        "reverse",
+    }
+    q = next(q for q in data.queries if q["direction"] == "reverse")
+    assert protocol_facts.prompt_layout(q, "mdm") == ("", q["first"], f"| {q['second']}")
+    assert protocol_facts.prompt_layout(q, "arm") == (f"{q['second']} |", q["first"], "")
+
+
+def test_pair_protocol_mdm_fills_in_place_arm_must_continue():
+    """Models that know exactly the training texts: the MDM answers both directions (the
+    reverse query is an infill of a trained text), the ARM only the forward one."""
+    data = protocol_facts.build_pair_dataset(seed=2, per_subset=3, both=1)
+    eos = ByteTokenizer().eos_id
+    for objective, reverse in (("mdm", 1.0), ("arm", 0.0)):
+        model = _Model(objective, InfillOracle(data.train_documents, eos))
+        result = reversal_eval.evaluate_pairs(model, data.queries, progress=False)
+        assert result["accuracy"] == {"forward": 1.0, "reverse": reverse}, objective
+        assert len(result["predictions"]) == 6
+
+
+def test_layout_tokens_split_the_whole_text():
+    model = _Model("mdm", None)
+    head, answer, tail = reversal_eval.layout_tokens(model, "", "Ada Lovelace", "| the author")
+    tok = model.tokenizer
+    assert head == [] and tok.decode(answer) == "Ada Lovelace"
+    assert tok.decode(tail) == " | the author"
+    head, answer, tail = reversal_eval.layout_tokens(model, "Ada |", "the author", "")
+    assert tok.decode(head) == "Ada |" and tok.decode(answer) == " the author" and tail == []
+
+
+def test_pretrain_corpus_states_other_people_both_ways():
+    test = protocol_facts.build_pair_dataset(seed=1, per_subset=5, both=0)
+    taken = {x for p in test.people for x in (p["name"], p["description"])}
+    docs, people = protocol_facts.build_pretrain_corpus(1, people=20, per_person=4, taken=taken)
+    assert len(docs) == 80 and len(people) == 20
+    assert docs == protocol_facts.build_pretrain_corpus(1, 20, 4, taken)[0]
+    for name, description in people:
+        assert name not in taken and description not in taken
+        mine = [d for d in docs if name in d and description in d]
+        assert len(mine) == 4 and len(set(mine)) == 4  # distinct paraphrases
+        assert sum(d.index(name) < d.index(description) for d in mine) == 2  # both orders
+    with pytest.raises(ValueError):
+        protocol_facts.build_pretrain_corpus(1, 3, 1, set())

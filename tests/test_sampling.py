@@ -7,6 +7,7 @@ import torch
 
 from megatron_mdm.diffusion.sampling import (
     guided_logits,
+    infill_sample,
     llada_sample,
     mdlm_sample,
     tokens_per_step,
@@ -116,3 +117,43 @@ def test_mdlm_cache_gives_identical_samples_with_fewer_calls():
     assert torch.equal(runs[True][0], runs[False][0])
     assert (runs[True][0] != MASK).all()
     assert runs[False][1] == 64 and runs[True][1] < 64
+
+
+def test_infill_fills_a_middle_span_in_place_one_token_per_step():
+    """Masks between prompt tokens: only they change, one per step, each step's model input
+    keeps the prompt on both sides; at temperature 0 each revealed token is the argmax the model
+    gave at that step (checked against the recorded inputs)."""
+    model = FakeModel()
+    canvas = torch.tensor([[1, MASK, MASK, MASK, 4, 5], [MASK, MASK, 2, 3, MASK, 6]])
+    out = infill_sample(model, canvas, MASK, steps=3)
+    keep = canvas != MASK
+    assert (out != MASK).all() and torch.equal(out[keep], canvas[keep])
+    assert [int((x == MASK).sum()) for x in model.inputs] == [6, 4, 2]  # 1 per row per step
+    for before, after in zip(model.inputs, model.inputs[1:] + [out], strict=True):
+        changed = (before != after) & (before == MASK)
+        assert changed.sum(1).tolist() == [1, 1]
+        argmax = FakeModel()(before).argmax(-1)
+        assert torch.equal(after[changed], argmax[changed])
+
+
+def test_infill_of_a_tail_matches_llada_one_block():
+    """A canvas masked after the prompt is llada_sample's one-block case, draw for draw."""
+    prompt = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    for temperature, remasking in [
+        (0.0, "low_confidence"),
+        (1.0, "random"),
+        (0.7, "low_confidence"),
+    ]:
+        ref = llada_sample(
+            FakeModel(), prompt, MASK, gen_length=6, steps=3, block_length=6,
+            temperature=temperature, remasking=remasking,
+            generator=torch.Generator().manual_seed(4),
+        )  # fmt: skip
+        canvas = torch.cat([prompt, torch.full((2, 6), MASK)], 1)
+        got = infill_sample(
+            FakeModel(), canvas, MASK, steps=3, temperature=temperature, remasking=remasking,
+            generator=torch.Generator().manual_seed(4),
+        )  # fmt: skip
+        assert torch.equal(got, ref)
+    with pytest.raises(ValueError, match="remasking"):
+        infill_sample(FakeModel(), canvas, MASK, remasking="top")

@@ -99,6 +99,7 @@ def _python(checkout: Path, code: str, *args: str) -> subprocess.CompletedProces
         ("scaling_law.py", ["--help"], "sweep"),
         ("preprocess_data.py", ["--help"], "--output-prefix"),
         ("generate_configs.py", ["--check"], ""),
+        ("quickstart_report.py", ["--help"], "--lexicon"),
     ],
 )
 def test_tool_runs_without_the_install(checkout, tool, args, expect):

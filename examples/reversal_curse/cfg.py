@@ -2,8 +2,8 @@
 
     python examples/reversal_curse/cfg.py [--quick | --smoke] [--out DIR] [--cfg 0 0.5 1 2]
 
-Uses the MDM that `run.py` trained in the same output directory (trains it, MDM only, when
-absent), then for every guidance weight w reports on the forward and reverse query sets:
+Uses the MDM that `run.py` trained for the Berglund protocol and `--seed` in the same output
+directory (`OUT/berglund/seed<N>/mdm`; pretrains and fine-tunes it, MDM only, when absent), then for every guidance weight w reports on the forward and reverse query sets:
 - `acc`: exact-match accuracy of the LLaDA sampler's answer (as in run.py, with `cfg=w`);
 - `nll`: minus the conditional ELBO of the true answer, nats per answer token, from
   `megatron_mdm.eval.likelihood` (LLaDA's Monte Carlo estimator, `--mc` stratified draws of the
@@ -50,17 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = reversal_run.PRESETS[name]
     suffix = "" if name == "full" else f"-{name}"
-    out = Path(args.out or reversal_run.ROOT / "runs" / f"reversal_curse{suffix}").resolve()
+    base = Path(args.out or reversal_run.ROOT / "runs" / f"reversal_curse{suffix}").resolve()
+    out = base / "berglund" / f"seed{args.seed}"
     start = time.time()
 
     dataset = out / "dataset.json"
     if not (out / "mdm" / "checkpoints" / "latest").exists() or not dataset.exists():
         print(f"[cfg] no trained MDM in {out}: training one (run.py's {name} preset)", flush=True)
-        data = reversal_run.build_dataset(args.seed, preset.per_subset, preset.both)
-        text, dataset = data.write(out)
-        tokenizer = reversal_run.tokenizer_overrides("word", text, out)
-        tokenizer.append(f"model.seq_length={reversal_run.SEQ_LENGTH['word']}")
-        reversal_run.train(preset, text, out / "mdm", "mdm", args.seed, tokenizer)
+        reversal_run.run_berglund(preset, args.seed, out, "word", objectives=("mdm",))
 
     from megatron_mdm.inference.loading import from_training_checkpoint
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # protocol_facts, also when imported
+
 from megatron_mdm.utils import atomic_write_json
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -102,6 +104,68 @@ def predict(model, query: dict, cfg: float = 0.0) -> str:
         if model.eos_id in ids:
             ids = ids[: ids.index(model.eos_id)]
     return model.tokenizer.decode(ids)
+
+
+def layout_tokens(model, before: str, answer: str, after: str) -> tuple[list, list, list]:
+    """(ids before the answer, answer ids, ids after it) as spans of the encoded whole text
+    (parts joined by one space), so the counts are right for any tokenizer."""
+    tok = model.tokenizer
+    head = list(tok.encode(before)) if before else []
+    upto = list(tok.encode(f"{before} {answer}" if before else answer))
+    whole = list(tok.encode(" ".join(part for part in (before, answer, after) if part)))
+    if upto[: len(head)] != head or whole[: len(upto)] != upto:
+        raise ValueError(f"the tokenizer splits {before!r} / {answer!r} differently in the text")
+    return head, upto[len(head) :], whole[len(upto) :]
+
+
+@torch.no_grad()
+def mdm_infill(model, head: list[int], length: int, tail: list[int]) -> list[int]:
+    """The `length` masked tokens between EOS + `head` and `tail` + EOS (the document's
+    boundaries as in training), filled in place (`infill_sample`, one token per step,
+    low-confidence, temperature 0)."""
+    from megatron_mdm.diffusion.sampling import infill_sample
+
+    eos = model.eos_id
+    canvas = torch.tensor([[eos, *head, *[model.mask_id] * length, *tail, eos]])
+    out = infill_sample(model.model_fn, canvas, model.mask_id, steps=length)
+    return out[0, 1 + len(head) : 1 + len(head) + length].tolist()
+
+
+def predict_layout(model, before: str, answer: str, after: str) -> str:
+    """The model's answer for a `protocol_facts.prompt_layout`: a continuation (after == "")
+    or, for the MDM, a span filled in place."""
+    head, ids, tail = layout_tokens(model, before, answer, after)
+    if model.objective == "arm":
+        if tail:
+            raise ValueError("an ARM cannot fill a span in place")
+        out = arm_greedy(model.model_fn, [model.eos_id, *head], len(ids), model.eos_id)
+    elif tail:
+        out = mdm_infill(model, head, len(ids), tail)
+    else:
+        out = mdm_fill(model.model_fn, [model.eos_id, *head], len(ids), model.mask_id)
+    if model.eos_id in out:
+        out = out[: out.index(model.eos_id)]
+    return model.tokenizer.decode(out)
+
+
+def evaluate_pairs(model, queries: list[dict], progress: bool = True) -> dict:
+    """The LLaDA protocol (`protocol_facts`): accuracy per direction, and every prediction."""
+    from protocol_facts import prompt_layout
+    from tqdm import tqdm
+
+    rows = []
+    for q in tqdm(queries, desc=f"eval {model.objective}", disable=not progress):
+        before, answer, after = prompt_layout(q, model.objective)
+        pred = predict_layout(model, before, answer, after)
+        prompt = f"{before} [{len(answer.split())} words] {after}".strip()
+        rows.append(
+            {**q, "prompt": prompt, "prediction": pred, "correct": exact_match(pred, answer)}
+        )
+    result = {
+        direction: accuracy(r["correct"] for r in rows if r["direction"] == direction)
+        for direction in ("forward", "reverse")
+    }
+    return {"accuracy": result, "predictions": rows}
 
 
 def accuracy(flags: Iterable[bool]) -> float:
@@ -193,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     model = from_training_checkpoint(args.ckpt)
     queries = load_queries(args.data)
-    result = evaluate(model, queries, cfg=args.cfg)
-    if args.mc:
+    if queries and "first" in queries[0]:  # the LLaDA protocol's two-part facts
+        result = evaluate_pairs(model, queries)
+    else:
+        result = evaluate(model, queries, cfg=args.cfg)
+    if args.mc and "first" not in queries[0]:
         lik = likelihood_scores(model, queries, cfg=args.cfg, mc=args.mc)
         result["likelihood"] = lik
         for direction in ("forward", "reverse"):

@@ -24,6 +24,7 @@ __all__ = [
     "PRECISIONS",
     "RECOMPUTE_MODES",
     "SFT_FORMATS",
+    "SYNTHETIC_CORPORA",
     "SFT_NORMALIZE",
     "TOKENIZER_TYPES",
     "TRANSFORMER_IMPLS",
@@ -34,6 +35,7 @@ __all__ = [
     "AttentionBackend",
     "BlockTSampling",
     "DataValidation",
+    "SyntheticCorpus",
     "DiffusionLoss",
     "FP8GradFormat",
     "FP8Recipe",
@@ -68,6 +70,7 @@ FP8Recipe = Literal["delayed", "current"]
 FP8GradFormat = Literal["e5m2", "e4m3"]
 TokenizerType = Literal["byte", "sentencepiece", "hf"]
 DataValidation = Literal["sample", "full"]
+SyntheticCorpus = Literal["standard", "small"]
 SFTFormat = Literal["auto", "prompt_response", "chat", "gsm8k", "gsm8k_icot"]
 SFTNormalize = Literal["sequence", "token"]
 TruncationPolicy = Literal["response", "prompt_left", "drop"]
@@ -93,6 +96,7 @@ FP8_RECIPES: tuple[FP8Recipe, ...] = get_args(FP8Recipe)
 FP8_GRAD_FORMATS: tuple[FP8GradFormat, ...] = get_args(FP8GradFormat)
 TOKENIZER_TYPES: tuple[TokenizerType, ...] = get_args(TokenizerType)
 DATA_VALIDATIONS: tuple[DataValidation, ...] = get_args(DataValidation)
+SYNTHETIC_CORPORA: tuple[SyntheticCorpus, ...] = get_args(SyntheticCorpus)
 SFT_FORMATS: tuple[SFTFormat, ...] = get_args(SFTFormat)
 SFT_NORMALIZE: tuple[SFTNormalize, ...] = get_args(SFTNormalize)
 TRUNCATION_POLICIES: tuple[TruncationPolicy, ...] = get_args(TruncationPolicy)

@@ -37,6 +37,7 @@ from megatron_mdm.config.choices import (
     Objective,
     Precision,
     Recompute,
+    SyntheticCorpus,
     TokenizerType,
     TransformerImpl,
     TSampling,
@@ -97,6 +98,10 @@ class DataConfig:
     text_file: str | None = None
     """A text file with one document per line, tokenized at start-up; None (and no blend): the
     built-in synthetic corpus, so a smoke run needs no data."""
+    synthetic: SyntheticCorpus = "standard"
+    """The built-in corpus's word lists (``data/synthetic_corpus.py``): standard (169 words) or
+    small (48 words, the quickstart's: a tiny byte-level model learns to spell them in minutes).
+    Used only without ``text_file`` and ``blend``."""
     blend: list | None = None
     """Preprocessed Megatron datasets, ``[w1, prefix1, w2, prefix2, ...]``: each prefix names a
     ``.bin``/``.idx`` pair, sampled in proportion to its weight. Prefixes alone, ``[prefix]`` or

@@ -32,8 +32,14 @@ def on_the_fly_prefix(cfg: ExperimentConfig, data_dir: Path) -> tuple[Path, Path
         stat = text.stat()
         name = f"{text.stem}-{_fingerprint(str(text.resolve()), stat.st_size, stat.st_mtime_ns, tok.type, tok.model)}"
     else:
-        text = data_dir / "synthetic_corpus.txt"
+        kind = cfg.data.synthetic
+        text = data_dir / (
+            "synthetic_corpus.txt" if kind == "standard" else f"synthetic_{kind}.txt"
+        )
         name = f"synthetic-{_fingerprint(tok.type, tok.model)}"
+        name = (
+            name if kind == "standard" else f"synthetic_{kind}-{_fingerprint(tok.type, tok.model)}"
+        )
     return data_dir / name, text
 
 
@@ -48,7 +54,7 @@ def resolve_blend(
     prefix, text = on_the_fly_prefix(cfg, data_dir)
     if is_builder and not (Path(f"{prefix}.bin").exists() and Path(f"{prefix}.idx").exists()):
         if not cfg.data.text_file:
-            write_corpus(text)
+            write_corpus(text, lexicon=cfg.data.synthetic)
         preprocess([str(text)], str(prefix), tokenizer, workers=1, progress=True)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

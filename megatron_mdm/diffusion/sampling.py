@@ -9,6 +9,8 @@ random draw comes from the caller's `torch.Generator`, so a seed reproduces a sa
   Gumbel-max sampling in float64 at a temperature, classifier-free guidance. Its block loop
   (`block_sample`) and reveal step (`reveal_step`) are the only ones: Fast-dLLM decoding
   (`fast_sampling.py`) runs the same loop with cached logits and a confidence threshold.
+- `infill_sample`: the same reveal step over a canvas whose masks may sit anywhere (a masked
+  span between prompt tokens is filled in place), with the fixed reveal schedule.
 - `mdlm_sample`: MDLM's ancestral sampler: at each step from t to s every masked token is revealed
   with probability (t - s) / t; with `cache=True` the model is not called again while no token has
   changed (its output would be the same), which gives identical samples with fewer calls.
@@ -356,6 +358,43 @@ def llada_sample(
         full,
         stats=stats,
     )
+
+
+@torch.no_grad()
+def infill_sample(
+    model_fn: ModelFn,
+    canvas: torch.Tensor,
+    mask_id: int,
+    steps: int | None = None,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """canvas [B, L] with `[MASK]` anywhere (a span between prompt tokens, several spans) ->
+    the canvas with every mask revealed in place, by `reveal_step` over the whole canvas with
+    full-sequence logits: `steps` (default: the most masks of a row) steps, the masks of each
+    row spread evenly over them (`tokens_per_step`). The unmasked positions are the prompt (what
+    guidance masks for its unconditional pass). A canvas whose masks are the tail after the
+    prompt gives `llada_sample`'s one-block result."""
+    x = canvas.clone()
+    prompt_index = x != mask_id
+    masked_count = (~prompt_index).sum(1)
+    steps = int(masked_count.max()) if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"steps must be positive, not {steps}")
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be low_confidence or random, not {remasking!r}")
+    schedule = tokens_per_step(masked_count, steps)
+    logits_of = FullLogits(model_fn, prompt_index, cfg, mask_id)
+    for i in range(steps):
+        if not bool((x == mask_id).any()):
+            break
+        _, _, logits = logits_of(x, i, candidates(x, mask_id, x.shape[1]))
+        x = reveal_step(
+            x, logits, mask_id, schedule[:, i], x.shape[1], temperature, remasking, generator
+        )
+    return x
 
 
 @torch.no_grad()
