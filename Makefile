@@ -40,14 +40,15 @@ lint: $(STAMP)
 
 # Two pytest workers, each taking whole test files (module fixtures such as test_convert's
 # training runs are built once): on the 2-core CI machine the subprocess-heavy suite then keeps
-# both cores busy. TEST_WORKERS=0 runs it in one process.
+# both cores busy; one thread per process (OMP_NUM_THREADS=1) so the workers and the processes
+# they start do not oversubscribe the cores. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # Without the multi-process (torchrun / gloo) tests marked `slow`: minutes, not a quarter hour.
 test-fast: lint
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
