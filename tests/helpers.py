@@ -60,7 +60,23 @@ def subprocess_env() -> dict:
 
 
 def run_mdm(args: list[str], nproc: int = 1, timeout: int = 600, check: bool = True):
-    """Run `mdm ARGS` on `nproc` processes (torchrun when > 1); returns the CompletedProcess."""
+    """Run `mdm ARGS` on `nproc` processes (torchrun when > 1); returns the CompletedProcess.
+
+    A free port can be taken by another process (gloo's own connections, a parallel test)
+    between `free_port()` and the rendezvous binding it: such a start is retried on a new port."""
+    for _ in range(3):
+        proc = _run_mdm_once(args, nproc, timeout)
+        if proc.returncode == 0 or "EADDRINUSE" not in proc.stderr:
+            break
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"mdm {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def _run_mdm_once(args: list[str], nproc: int, timeout: int):
     env = subprocess_env()
     if nproc == 1:
         cmd = [sys.executable, "-m", "megatron_mdm.cli", *args]
@@ -79,12 +95,7 @@ def run_mdm(args: list[str], nproc: int = 1, timeout: int = 600, check: bool = T
             "megatron_mdm.cli",
             *args,
         ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        )
-    return proc
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_cli(*args, timeout: int = 120) -> subprocess.CompletedProcess:

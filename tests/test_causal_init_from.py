@@ -5,6 +5,7 @@ fake cache made here (HF_HUB_CACHE), a missing one says how to download it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -93,3 +94,62 @@ def test_disagreeing_key_and_missing_hub_id_are_one_line(llama, tmp_path, monkey
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert "hf download nobody/nothing" in lines[0]
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_llama_folder_adapted_with_shift_resumes_exports_and_samples(llama, tmp_path, monkeypatch):
+    """The adaptation chain from a Hugging Face folder (design §13.1, §13.4): init_from + an MDM
+    with diffusion.shift trains, resumes bit-exactly (a split run against an uninterrupted one),
+    exports `hf` (config.json says shift) and samples through `--hf` given as a hub id, exactly as
+    from the export's path; `convert import` of a hub id writes a checkpoint."""
+    init = [
+        "diffusion.shift=true",
+        f"train.init_from={llama}",
+        "train.lr_decay_steps=6",  # not max_steps: the split run stops early
+        "checkpoint.resume=auto",
+    ]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_mdm(["train", os.devnull, *RUN, *init, "train.max_steps=3",
+             f"train.output_dir={straight}"])  # fmt: skip
+    run_mdm(["train", os.devnull, *RUN, *init, "train.max_steps=2",
+             "checkpoint.save_interval=1", f"train.output_dir={split}"])  # fmt: skip
+    resumed = run_mdm(["train", os.devnull, *RUN, *init, "train.max_steps=3",
+                       f"train.output_dir={split}"])  # fmt: skip
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a, b = read_metrics(straight), read_metrics(split)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bit-identical
+
+    export = tmp_path / "export"
+    proc = run_cli("convert", "export", str(straight), str(export), "--format", "hf")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((export / "config.json").read_text())["shift"] is True
+    cache = fake_hub_cache(tmp_path / "cache", "tiny-org/adapted", export)
+    fake_hub_cache(cache, "tiny-org/tiny-llama", llama)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sample = ["--prompt", "the", "--gen-length", "8", "--steps", "8", "--block-length", "8"]
+    by_id = run_cli("generate", "--hf", "tiny-org/adapted", *sample)
+    by_path = run_cli("generate", "--hf", str(export), *sample)
+    assert by_id.returncode == 0 and by_path.returncode == 0, by_id.stderr + by_path.stderr
+    assert by_id.stdout == by_path.stdout and by_id.stdout.startswith("[0] the")
+
+    imported = tmp_path / "imported"
+    proc = run_cli("convert", "import", "tiny-org/tiny-llama", str(imported), "--format", "llama")
+    assert proc.returncode == 0, proc.stderr
+    assert (imported / "meta.yaml").is_file() or list(imported.rglob("meta.yaml"))
+
+
+@pytest.mark.slow
+def test_init_from_a_llama_folder_at_tp2_pp2_matches_one_process(llama, tmp_path):
+    """The on-the-fly import cuts the folder's weights per rank (design §13.1): TP=2 and PP=2 on
+    two gloo processes start from the same weights as one process, so their losses agree."""
+    init = [f"train.init_from={llama}", "model.seq_length=32", "train.max_steps=2"]
+    runs = {"one": ([], 1), "tp2": (["parallel.tensor=2"], 2), "pp2": (["parallel.pipeline=2"], 2)}
+    losses = {}
+    for name, (layout, nproc) in runs.items():
+        out = tmp_path / name
+        run_mdm(["train", os.devnull, *RUN, *init, *layout, f"train.output_dir={out}"], nproc=nproc)
+        losses[name] = [m["loss"] for m in read_metrics(out)]
+    assert len(losses["one"]) == 2
+    for name in ("tp2", "pp2"):
+        assert losses[name] == pytest.approx(losses["one"], rel=1e-5), name
