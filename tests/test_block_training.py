@@ -40,7 +40,6 @@ COMMON = [
 CASES = {
     "tp2": ["parallel.tensor=2"],
     "pp2": ["parallel.pipeline=2"],
-    "zero2_dp2": ["parallel.zero_stage=2"],
 }
 
 

@@ -140,16 +140,15 @@ def test_llama_folder_adapted_with_shift_resumes_exports_and_samples(llama, tmp_
 
 
 @pytest.mark.slow
-def test_init_from_a_llama_folder_at_tp2_pp2_matches_one_process(llama, tmp_path):
-    """The on-the-fly import cuts the folder's weights per rank (design §13.1): TP=2 and PP=2 on
+def test_init_from_a_llama_folder_at_tp2_matches_one_process(llama, tmp_path):
+    """The on-the-fly import cuts the folder's weights per rank (design §13.1): TP=2 on
     two gloo processes start from the same weights as one process, so their losses agree."""
     init = [f"train.init_from={llama}", "model.seq_length=32", "train.max_steps=2"]
-    runs = {"one": ([], 1), "tp2": (["parallel.tensor=2"], 2), "pp2": (["parallel.pipeline=2"], 2)}
+    runs = {"one": ([], 1), "tp2": (["parallel.tensor=2"], 2)}
     losses = {}
     for name, (layout, nproc) in runs.items():
         out = tmp_path / name
         run_mdm(["train", os.devnull, *RUN, *init, *layout, f"train.output_dir={out}"], nproc=nproc)
         losses[name] = [m["loss"] for m in read_metrics(out)]
     assert len(losses["one"]) == 2
-    for name in ("tp2", "pp2"):
-        assert losses[name] == pytest.approx(losses["one"], rel=1e-5), name
+    assert losses["tp2"] == pytest.approx(losses["one"], rel=1e-5)

@@ -354,6 +354,7 @@ def test_literal_fields():
         "train.fp8_recipe": ("delayed", "current"),
         "train.fp8_grad_format": ("e5m2", "e4m3"),
         "data.validate": ("sample", "full"),
+        "data.synthetic": ("standard", "small"),
         "train.lr_schedule": ("cosine", "wsd", "constant"),
         "train.nonfinite": ("skip", "stop"),
         "logging.wandb_mode": ("online", "offline"),

@@ -206,7 +206,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_nothing(runs, tmp_path):
     exported = runs["root"] / "bad_src"
     convert("export", str(runs["tp2"]), str(exported), "--format", "hf", "--dtype", "fp32")
     config = json.loads((exported / "config.json").read_text())
-    config["hidden_size"] = 128
+    config["hidden_size"] *= 2  # not the tensors' width
     (exported / "config.json").write_text(json.dumps(config))
     proc = convert("import", str(exported), str(out), "--format", "hf", check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

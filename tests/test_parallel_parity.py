@@ -27,12 +27,12 @@ COMMON = [
 ]
 
 # name -> (overrides, processes). The one-process cases change how the same math is computed
-# (activation recomputation, megatron's unfused attention instead of SDPA).
+# (activation recomputation, megatron's unfused attention instead of SDPA). ZeRO-1 runs with PP
+# here (pp2_zero1) and at DP=2 in test_convert's layout change; ZeRO-2/3 at DP=2 here.
 CASES = {
     "tp2": (["parallel.tensor=2"], 2),
     "pp2": (["parallel.pipeline=2"], 2),
     "pp2_zero1": (["parallel.pipeline=2", "parallel.zero_stage=1"], 2),
-    "zero1_dp2": (["parallel.zero_stage=1"], 2),
     "zero2_dp2": (["parallel.zero_stage=2"], 2),
     "zero3_dp2": (["parallel.zero_stage=3"], 2),
     "tp2_recompute_full": (["parallel.tensor=2", "model.recompute=full"], 2),
