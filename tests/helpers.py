@@ -98,6 +98,20 @@ def _run_mdm_once(args: list[str], nproc: int, timeout: int):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_convert(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """`mdm convert ARGS --no-progress` in a subprocess; asserts exit 0 unless `check=False`."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_mdm.cli", "convert", *args, "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def run_cli(*args, timeout: int = 120) -> subprocess.CompletedProcess:
     """`mdm ARGS` in a subprocess, output captured, exit code left to the caller."""
     return subprocess.run(

@@ -9,28 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from helpers import CAUSAL_ROWS as ROWS
-from helpers import ROOT
+from helpers import run_convert as convert
 from helpers import tiny_causal_lm as make_model
 from safetensors.torch import load_file, save_file
-
-
-def convert(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "megatron_mdm.cli", "convert", *args, "--no-progress"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def our_logits(ckpt, x):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import QUICKSTART, ROOT, read_metrics, run_mdm
+from helpers import QUICKSTART, read_metrics, run_mdm
+from helpers import run_convert as convert
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -31,19 +30,6 @@ TRAIN = [
     "logging.tensorboard=false",
     "logging.interval=1",
 ]
-
-
-def convert(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "megatron_mdm.cli", "convert", *args, "--no-progress"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def tensors_of(folder):
