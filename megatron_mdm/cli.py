@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import warnings
 
@@ -142,16 +143,33 @@ def main(argv: list[str] | None = None) -> int:
     # before the parser's imports and the set-up (training/preemption.py); others keep Python's.
     trains = _command(argv) in TRAINING_COMMANDS
     with PreemptionWatcher() if trains else contextlib.nullcontext() as stop:
-        try:
-            args = build_parser().parse_args(argv)
-            args.stop = stop
-            return args.func(args)
-        except MDMError as exc:
-            print(f"mdm: error: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:  # a second Ctrl-C while training, or one before it started
-            print("mdm: interrupted", file=sys.stderr)
-            return 130
+        status = _run(argv, stop)
+    if stop is not None and stop.received is not None:
+        _ignore_ctrl_c_while_exiting()
+    return status
+
+
+def _run(argv: list[str], stop: PreemptionWatcher | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.stop = stop
+        return args.func(args)
+    except MDMError as exc:
+        print(f"mdm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C while training, or one before it started
+        print("mdm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _ignore_ctrl_c_while_exiting() -> None:
+    """After a stop signal the command has saved (or had nothing to save) and the process is on
+    its way out: atexit hooks and interpreter teardown, most of a second with torch.distributed
+    and DeepSpeed loaded, during which Python puts back the default SIGINT action, so a second
+    Ctrl-C there killed the finished run by the signal (status -2). There is nothing left to
+    abort, so a further Ctrl-C is ignored and the run's own status (0 after a save) stands.
+    SIG_IGN, unlike a Python handler, survives Python's teardown."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

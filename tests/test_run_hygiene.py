@@ -306,13 +306,13 @@ def test_ctrl_c_requests_a_stop_and_a_second_one_aborts():
 
 
 def test_cpu_runs_do_not_build_the_shm_allreduce_op():
-    from megatron_mdm.parallel.distributed import _without_shm_allreduce, prepare_accelerator
+    from megatron_mdm.parallel.distributed import prepare_accelerator, without_shm_allreduce
 
     prepare_accelerator()
     import deepspeed
     from deepspeed.comm.torch import build_shm_op
 
-    _without_shm_allreduce(deepspeed)
+    without_shm_allreduce(deepspeed)
     assert build_shm_op() is None
 
 

@@ -26,7 +26,9 @@ RUN = [
 ]
 
 
-def test_engine_offloads_with_the_client_torch_optimizer(single_rank_world, monkeypatch):
+def test_engine_offloads_with_the_client_torch_optimizer(single_rank_world, monkeypatch, tmp_path):
+    """Also: an engine built in-process (no `init_distributed`) does not JIT-build DeepSpeed's
+    CPU shared-memory allreduce op either (g++, ~30 s; docs/design.md §9)."""
     from megatron.core import parallel_state as ps
 
     from megatron_mdm.model.builder import build_model
@@ -36,6 +38,7 @@ def test_engine_offloads_with_the_client_torch_optimizer(single_rank_world, monk
 
     for name, value in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
         monkeypatch.setenv(name, value)  # what a launcher sets; DeepSpeed asserts on them
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
     cfg = load_config(None, [*RUN, "parallel.offload_optimizer=true"])
     ctx = ParallelContext(
         rank=0, world_size=1, local_rank=0, tp_rank=0, tp_size=1, pp_rank=0, pp_size=1,
@@ -46,6 +49,8 @@ def test_engine_offloads_with_the_client_torch_optimizer(single_rank_world, monk
     assert engine.zero_optimization_stage() == 2
     assert engine.zero_cpu_offload() and engine.optimizer.cpu_offload
     assert type(engine.basic_optimizer) is torch.optim.AdamW
+    built = tmp_path / "torch_extensions"
+    assert not built.exists() or not any(built.iterdir()), sorted(built.iterdir())
 
 
 @pytest.mark.slow

@@ -132,17 +132,18 @@ def mdm_infill(model, head: list[int], length: int, tail: list[int]) -> list[int
 
 
 def predict_layout(model, before: str, answer: str, after: str) -> str:
-    """The model's answer for a `protocol_facts.prompt_layout`: a continuation (after == "")
-    or, for the MDM, a span filled in place."""
+    """The model's answer for a `protocol_facts.prompt_layout`: the ARM continues `before` (at
+    most the answer's length); the MDM fills the answer's span in place between EOS + `before`
+    and `after` + EOS, also when `after` is empty (forward): the closing EOS is how an MDM is
+    told the answer's length, the information the ARM gets as its token limit. Without it the
+    masks end the sequence, a layout no packed training sequence has."""
     head, ids, tail = layout_tokens(model, before, answer, after)
     if model.objective == "arm":
         if tail:
             raise ValueError("an ARM cannot fill a span in place")
         out = arm_greedy(model.model_fn, [model.eos_id, *head], len(ids), model.eos_id)
-    elif tail:
-        out = mdm_infill(model, head, len(ids), tail)
     else:
-        out = mdm_fill(model.model_fn, [model.eos_id, *head], len(ids), model.mask_id)
+        out = mdm_infill(model, head, len(ids), tail)
     if model.eos_id in out:
         out = out[: out.index(model.eos_id)]
     return model.tokenizer.decode(out)

@@ -92,7 +92,7 @@ def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
         import deepspeed
 
         if device.type == "cpu":
-            _without_shm_allreduce(deepspeed)
+            without_shm_allreduce(deepspeed)
         deepspeed.init_distributed(
             dist_backend="nccl" if device.type == "cuda" else "gloo",
             auto_mpi_discovery=False,
@@ -122,7 +122,7 @@ def init_distributed(cfg: ExperimentConfig) -> ParallelContext:
     )
 
 
-def _without_shm_allreduce(deepspeed) -> None:
+def without_shm_allreduce(deepspeed) -> None:
     """Plain gloo on CPU: mark DeepSpeed's shared-memory allreduce op as not compatible, so its
     communication backend does not JIT-build it (docs/design.md §9).
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from megatron_mdm.config import ExperimentConfig
-from megatron_mdm.parallel.distributed import ParallelContext
+from megatron_mdm.parallel.distributed import ParallelContext, without_shm_allreduce
 from megatron_mdm.parallel.mpu import MegatronMPU
 from megatron_mdm.training.schedule import lr_multiplier
 from megatron_mdm.utils import MDMError
@@ -114,6 +114,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_engine(cfg: ExperimentConfig, model: torch.nn.Module, ctx: ParallelContext):
     import deepspeed
 
+    if ctx.device.type == "cpu":  # also when the process group was made outside init_distributed
+        without_shm_allreduce(deepspeed)
     t = cfg.train
     ds_config = deepspeed_config(cfg, ctx)
     groups = parameter_groups(model, t.weight_decay)
