@@ -55,11 +55,20 @@ def test_adapted_run_resumes_bit_exactly_across_annealing(arm_checkpoint, tmp_pa
     assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bit-identical
 
 
+PARITY_RUN = [*COMMON, *ADAPT, "train.max_steps=4", "train.eval_interval=4", "train.eval_iters=1"]
+
+
+@pytest.fixture(scope="module")
+def one_process_adaptation(tmp_path_factory):
+    """The single-process reference of the two-process layouts (one run for both)."""
+    ref = tmp_path_factory.mktemp("ref")
+    run_mdm(["train", QUICKSTART, *PARITY_RUN, *SCRATCH_RUN, f"train.output_dir={ref}"])
+    return ref
+
+
 @pytest.mark.parametrize("layout", ["parallel.tensor=2", "parallel.pipeline=2"])
-def test_two_process_adaptation_matches_single_process(layout, tmp_path):
-    run = [*COMMON, *ADAPT, "train.max_steps=4", "train.eval_interval=4", "train.eval_iters=1"]
-    ref, got = tmp_path / "ref", tmp_path / "got"
-    run_mdm(["train", QUICKSTART, *run, *SCRATCH_RUN, f"train.output_dir={ref}"])
+def test_two_process_adaptation_matches_single_process(layout, one_process_adaptation, tmp_path):
+    run, ref, got = PARITY_RUN, one_process_adaptation, tmp_path / "got"
     run_mdm(["train", QUICKSTART, *run, *SCRATCH_RUN, layout, f"train.output_dir={got}"], nproc=2)
     want, have = read_metrics(ref), read_metrics(got)
     assert [r["step"] for r in have] == [1, 2, 3, 4]

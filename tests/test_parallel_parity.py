@@ -1,4 +1,5 @@
-"""TP=2, PP=2 and ZeRO 1/2/3 on two gloo processes reproduce the one-process losses.
+"""TP=2 (recomputed), PP=2 and ZeRO-1 with PP on two gloo processes reproduce the one-process
+losses (plain TP=2 and ZeRO-2/3: test_convert).
 
 Each case is a real `mdm train` run (torchrun, gloo); the reference is an independent
 single-process ZeRO-0 run on the same config, seed and global batch. Variable-length cropping is
@@ -28,13 +29,12 @@ COMMON = [
 
 # name -> (overrides, processes). The one-process cases change how the same math is computed
 # (activation recomputation, megatron's unfused attention instead of SDPA). ZeRO-1 runs with PP
-# here (pp2_zero1) and at DP=2 in test_convert's layout change; ZeRO-2/3 at DP=2 here.
+# here (pp2_zero1) and at DP=2 in test_convert's layout change; plain TP=2 and ZeRO-2/3 at DP=2
+# are checked on test_convert's runs (test_two_process_runs_reproduce_the_one_process_losses),
+# TP=2 with variable-length crops and validation here, under full recomputation.
 CASES = {
-    "tp2": (["parallel.tensor=2"], 2),
     "pp2": (["parallel.pipeline=2"], 2),
     "pp2_zero1": (["parallel.pipeline=2", "parallel.zero_stage=1"], 2),
-    "zero2_dp2": (["parallel.zero_stage=2"], 2),
-    "zero3_dp2": (["parallel.zero_stage=3"], 2),
     "tp2_recompute_full": (["parallel.tensor=2", "model.recompute=full"], 2),
     "recompute_selective": (["model.recompute=selective"], 1),
     "unfused_attention": (["model.attention_backend=unfused"], 1),
