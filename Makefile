@@ -16,9 +16,10 @@ $(STAMP): setup.py pyproject.toml
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# One thread per process: on a shared or loaded machine two threads per op oversubscribe the
-# cores and run several times slower; a model this small gains little from the second one.
-QS_THREADS ?= 1
+# Threads per op: the cores idle right now (tools/idle_cores.py, at most 4): on an idle machine
+# two threads train this model 1.7x faster than one; on a busy one threads per op oversubscribe
+# the cores and stall (15x slower measured at load 7-13), so there it is one.
+QS_THREADS ?= $(shell $(PYTHON) tools/idle_cores.py)
 QS_PROMPT  := The old king said: "
 
 # Train (configs/quickstart.yaml: the small synthetic lexicon), sample left to right with the

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,32 @@ def test_lexicon_comes_from_the_run(tmp_path, report):
     (step / "meta.yaml").write_text("config:\n  data:\n    text_file: x.txt\n")
     with pytest.raises(ValueError, match="synthetic"):
         report.report(tmp_path, samples, "")
+
+
+def test_idle_cores_suggests_one_thread_when_every_core_is_busy():
+    """`make quickstart`'s thread count: with a spinning process per core, no core is idle, so
+    the suggestion is 1 (the load average, a minute behind, would not see these spinners)."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        time.sleep(0.5)
+        busy = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "idle_cores.py")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+    assert busy.stdout.strip() == "1"
+    capped = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "idle_cores.py"), "--max", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert capped.stdout.strip() == "1"
